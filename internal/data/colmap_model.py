@@ -86,6 +86,7 @@ class ColmapModel:
     points_xyz: np.ndarray  # (P,3) float64
     points_rgb: np.ndarray  # (P,3) uint8
     points_error: np.ndarray  # (P,) float64
+    points_ids: np.ndarray  # (P,) uint64; points are sorted by id, whatever the file order
     files: dict[str, Path] = field(default_factory=dict)  # "cameras" | "images" | "points3D" -> path
 
 
@@ -280,7 +281,7 @@ def read_points3d_bin(path: Path):
     r.off = off
     r.end(n, "points")
     _check_points(path, ids, xyz, lambda k: f"{path}: point record {k}")
-    return xyz, rgb, err
+    return ids, xyz, rgb, err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,7 +422,7 @@ def read_points3d_txt(path: Path):
     rgb_a = np.asarray(rgb, np.uint8).reshape(-1, 3)
     err_a = np.asarray(err, np.float64)
     _check_points(path, ids, xyz_a, lambda k: where_ln[k])
-    return xyz_a, rgb_a, err_a
+    return np.asarray(ids, dtype=np.uint64).reshape(-1), xyz_a, rgb_a, err_a
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,9 +452,10 @@ def read_model(sparse_dir: str | os.PathLike) -> ColmapModel:
     if ext == "bin":
         cameras = read_cameras_bin(files["cameras"])
         images = read_images_bin(files["images"], cameras)
-        xyz, rgb, err = read_points3d_bin(files["points3D"])
+        ids, xyz, rgb, err = read_points3d_bin(files["points3D"])
     else:
         cameras = read_cameras_txt(files["cameras"])
         images = read_images_txt(files["images"], cameras)
-        xyz, rgb, err = read_points3d_txt(files["points3D"])
-    return ColmapModel(cameras, images, xyz, rgb, err, files)
+        ids, xyz, rgb, err = read_points3d_txt(files["points3D"])
+    order = np.argsort(ids, kind="stable")
+    return ColmapModel(cameras, images, xyz[order], rgb[order], err[order], ids[order], files)
