@@ -142,9 +142,9 @@ def _cached_grid(d: Distortion, fx, fy, cx, cy, w, h):
 
 def _warp(arr: np.ndarray, grid: torch.Tensor, mode: str) -> np.ndarray:
     """Resample an (H,W[,C]) uint8 array through `grid` (bilinear for colour, nearest for masks)."""
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    t = torch.from_numpy(arr.astype(np.float32))
     t = t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]
-    out = torch.nn.functional.grid_sample(t.float(), grid, mode=mode, padding_mode="border", align_corners=False)
+    out = torch.nn.functional.grid_sample(t, grid, mode=mode, padding_mode="border", align_corners=False)
     out = out[0].round_().clamp_(0, 255).to(torch.uint8)
     out = out[0] if arr.ndim == 2 else out.permute(1, 2, 0)
     return out.contiguous().numpy()
