@@ -56,6 +56,10 @@ MODEL_IDS = {name: (mid, n) for mid, (name, n) in CAMERA_MODELS.items()}
 # Sanity bounds: beyond these a value is corruption, not a camera.
 MAX_IMAGE_SIDE = 1 << 17
 QUATERNION_TOLERANCE = 1e-2  # |q| must be within this of 1 (COLMAP writes unit quaternions)
+# Positions, translations and intrinsics beyond this are corruption (and overflow float32 rendering);
+# focal lengths below MIN_FOCAL vanish in float32.
+MAX_VALUE = 1e15
+MIN_FOCAL = 1e-6
 
 
 @dataclass
@@ -119,20 +123,21 @@ def _check_camera(where: str, cam_id: int, model_id: int, width: int, height: in
             f"{where}: camera {cam_id} has size {width}x{height}, outside 1..{MAX_IMAGE_SIDE}; the model is corrupt"
         )
     params = np.asarray(params, dtype=np.float64)
-    if not np.all(np.isfinite(params)):
-        raise DatasetError(f"{where}: camera {cam_id} ({name}) has non-finite parameters {params.tolist()}; the model is corrupt")
+    if not np.all(np.isfinite(params)) or np.any(np.abs(params) > MAX_VALUE):
+        raise DatasetError(f"{where}: camera {cam_id} ({name}) has non-finite or absurd parameters {params.tolist()}; the model is corrupt: re-export it")
     nf = 1 if name.startswith("SIMPLE") or name in ("RADIAL", "RADIAL_FISHEYE") else 2
-    if name != "EQUIRECTANGULAR" and np.any(params[:nf] <= 0):
-        raise DatasetError(f"{where}: camera {cam_id} ({name}) has focal length {params[:nf].tolist()} <= 0; the model is corrupt")
+    if name != "EQUIRECTANGULAR" and np.any(params[:nf] < MIN_FOCAL):
+        raise DatasetError(f"{where}: camera {cam_id} ({name}) has focal length {params[:nf].tolist()}, not positive; the model is corrupt: re-export it")
     return ColmapCamera(cam_id, name, int(width), int(height), params, where)
 
 
 def _check_image(where: str, image_id, q, t, camera_id, name, n2d, cameras) -> ColmapImage:
     q = np.asarray(q, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64)
-    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(t))):
-        raise DatasetError(f"{where}: image {image_id} ({name!r}) has a non-finite pose q={q.tolist()} t={t.tolist()}; the model is corrupt: re-run or re-export the reconstruction")
-    norm = float(np.linalg.norm(q))
+    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(t))) or np.any(np.abs(t) > MAX_VALUE):
+        raise DatasetError(f"{where}: image {image_id} ({name!r}) has a non-finite or absurd pose q={q.tolist()} t={t.tolist()}; the model is corrupt: re-run or re-export the reconstruction")
+    with np.errstate(over="ignore"):
+        norm = float(np.linalg.norm(q))
     if abs(norm - 1.0) > QUATERNION_TOLERANCE:
         raise DatasetError(f"{where}: image {image_id} ({name!r}) has quaternion {q.tolist()} of norm {norm:.6g}, not a rotation; the model is corrupt: re-run or re-export the reconstruction")
     if camera_id not in cameras:
@@ -152,10 +157,11 @@ def _check_unique(ids, what: str, path: Path, where_of) -> None:
 
 def _check_points(path, ids, xyz, where_of):
     if len(xyz):
-        bad = ~np.all(np.isfinite(xyz), axis=1)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.all(np.isfinite(xyz) & (np.abs(xyz) <= MAX_VALUE), axis=1)
         if bad.any():
             k = int(np.argmax(bad))
-            raise DatasetError(f"{where_of(k)}: point {ids[k]} has non-finite position {xyz[k].tolist()}; the model is corrupt: re-export it")
+            raise DatasetError(f"{where_of(k)}: point {ids[k]} has non-finite or absurd position {xyz[k].tolist()}; the model is corrupt: re-export it")
         ids = np.asarray(ids, dtype=np.uint64)
         order = np.argsort(ids, kind="stable")
         dup = np.nonzero(ids[order][1:] == ids[order][:-1])[0]

@@ -93,16 +93,17 @@ def undistortion_grid(d: Distortion, fx: float, fy: float, cx: float, cy: float,
     u = (np.arange(width, dtype=np.float64) + 0.5 - cx) / fx
     v = (np.arange(height, dtype=np.float64) + 0.5 - cy) / fy
     x, y = np.meshgrid(u, v)
-    xd, yd = distort_normalized(x, y, d.k)
-    sx = d.fx * xd + d.cx  # pixel-edge coordinates: 0 .. width
-    sy = d.fy * yd + d.cy
-    with np.errstate(invalid="ignore"):
+    with np.errstate(all="ignore"):  # absurd coefficients give inf/NaN: those pixels are invalid
+        xd, yd = distort_normalized(x, y, d.k)
+        sx = d.fx * xd + d.cx  # pixel-edge coordinates: 0 .. width
+        sy = d.fy * yd + d.cy
         valid = (sx >= 0) & (sx <= width) & (sy >= 0) & (sy <= height) & np.isfinite(sx) & np.isfinite(sy)
     # Beyond the turning point of a barrel polynomial the distorted radius shrinks again and the
     # image would be sampled a second time, mirrored: only the monotonic part is valid.
     if any(d.k):
         valid &= _radius_grows(x, y, d.k)
-    grid = np.stack([2 * sx / width - 1, 2 * sy / height - 1], axis=-1)
+    with np.errstate(all="ignore"):
+        grid = np.stack([2 * sx / width - 1, 2 * sy / height - 1], axis=-1)
     grid = np.nan_to_num(grid, nan=-2.0, posinf=-2.0, neginf=-2.0).astype(np.float32)
     return torch.from_numpy(grid)[None], valid
 
