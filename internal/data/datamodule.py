@@ -18,6 +18,7 @@ used (they would each hold their own cache).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -31,6 +32,15 @@ from .cache import ImageStream
 from .cameras import Cameras
 from .params import BlenderParams, ColmapParams, DataParams
 from .scene import Scene
+
+
+def _quiet_len_warning() -> None:
+    # Lightning warns that an IterableDataset with __len__ may over-count under multi-process
+    # loading; these loaders never use worker processes (num_workers=0), so the length is exact.
+    warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning)
+
+
+_quiet_len_warning()
 
 __all__ = ["Batch", "DataModule", "DataParams", "ColmapParams", "BlenderParams", "ImageDataset"]
 
@@ -180,6 +190,7 @@ class DataModule(lightning.LightningDataModule):
         self.prepare_scene()
 
     def _loader(self, split: str) -> DataLoader:
+        _quiet_len_warning()
         return DataLoader(self._dataset(split), batch_size=1, collate_fn=_single, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:
