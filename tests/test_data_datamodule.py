@@ -5,7 +5,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import lightning
-import numpy as np
 import pytest
 import torch
 
@@ -21,7 +20,7 @@ def mixed_scene(tmp_path):
     return tmp_path
 
 
-@pytest.mark.filterwarnings("ignore:.*deprecated.*", "ignore:LightningCLI's args parameter", "ignore:No seed found")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:LightningCLI's args parameter", "ignore:No seed found")
 def test_cli_flags_parse_into_the_dataclasses(tmp_path):
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.demos.boring_classes import BoringModel

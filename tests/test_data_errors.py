@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_helpers import Cam, make_blender_scene, make_colmap_scene, synthetic_model, write_model
+from data_helpers import make_blender_scene, make_colmap_scene, synthetic_model, write_model
 from internal.data import BlenderParams, ColmapParams, DataParams, DatasetError, load_scene
 from internal.data.cache import ImageStream
 from internal.data.images import load_image

@@ -9,6 +9,7 @@ hence fx / f, cx / f and width // f.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, fields
 
 import torch
@@ -50,13 +51,17 @@ class Cameras:
 
     def __getitem__(self, idx) -> "Cameras":
         """An int gives a length-1 Cameras; a slice, list or index/bool tensor gives a Cameras."""
-        if isinstance(idx, int):
+        if isinstance(idx, (list, tuple)):
+            idx = torch.as_tensor(idx, dtype=torch.int64)
+        elif not isinstance(idx, (slice, torch.Tensor)):
+            idx = operator.index(idx)  # int, numpy integer
             n = len(self)
             if not -n <= idx < n:
                 raise IndexError(f"camera index {idx} out of range for {n} cameras")
-            idx = slice(idx, idx + 1 if idx != -1 else None)
-        elif isinstance(idx, list):
-            idx = torch.as_tensor(idx, dtype=torch.int64)
+            idx = idx % n
+            idx = slice(idx, idx + 1)
+        elif isinstance(idx, torch.Tensor) and idx.dim() == 0:
+            return self[int(idx)]
         return self._map(lambda t: t[idx])
 
     def to(self, device, non_blocking: bool = False) -> "Cameras":
