@@ -43,8 +43,8 @@ _malloc_trim = _find_malloc_trim()
 
 def release_freed_memory() -> None:
     """Hand freed heap pages back to the OS. glibc keeps freed multi-megabyte blocks in its per-thread
-    arenas, so without this the resident size would ratchet up by a few dozen images' worth beyond
-    what is alive. Called once per chunk: it costs about a millisecond."""
+    arenas, so without this the resident size would stay several images' worth above what is
+    alive (BENCHMARKS.md). Called once per chunk: it costs about a millisecond."""
     if _malloc_trim is not None:
         _malloc_trim(0)
 
@@ -118,8 +118,11 @@ class ImageStream:
                             return
                     if stop.is_set():
                         return
+                    def load(i):  # skips the rest of the chunk once the consumer has gone
+                        return None if stop.is_set() else load_image(scene, i)
+
                     try:
-                        out = list(zip(ids, pool.map(lambda i: load_image(scene, i), ids)))
+                        out = list(zip(ids, pool.map(load, ids)))
                     except BaseException as e:  # delivered to the consumer, which raises it
                         ready.put(e)
                         return

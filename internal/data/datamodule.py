@@ -51,7 +51,9 @@ class Batch:
 
     camera: Cameras  # length 1
     image: torch.Tensor  # (H,W,3) uint8 RGB; Blender: composited on the configured background
-    alpha: Optional[torch.Tensor]  # (H,W) uint8, Blender's alpha (for random-background training), else None
+    # (H,W) uint8, Blender's alpha, else None. For random-background training: the premultiplied
+    # colour is image - 255 * background * (1 - alpha / 255), to be composited on any other colour.
+    alpha: Optional[torch.Tensor]
     mask: Optional[torch.Tensor]  # (H,W) bool, True = use the pixel (user mask & undistortion), or None
     name: str
     index: int  # index of the image in the Scene
