@@ -142,3 +142,59 @@ def test_statue_datamodule_sizes(tmp_path):
     dm = DataModule(str(shared(STATUE)), DataParams(val_max_num_images_to_cache=0))
     heights = [b.image.shape[0] for b in dm.val_dataloader()]
     assert heights == [int(dm.scene.cameras.height[i]) for i in dm.scene.val_ids]
+
+
+DDP_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import lightning, torch
+from internal.data import DataParams
+from internal.data.datamodule import DataModule
+
+class Rec(lightning.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen = []
+    def training_step(self, batch, i):
+        self.seen.append([self.current_epoch, batch.index])
+        return self.w * 0 + self.w.sum()
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+    def on_train_end(self):
+        with open(f"{sys.argv[3]}/rank{self.global_rank}.json", "w") as f:
+            json.dump({"seen": self.seen, "world": self.trainer.world_size}, f)
+
+dm = DataModule(sys.argv[2], DataParams(train_max_num_images_to_cache=2, seed=5))
+trainer = lightning.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=2, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            num_sanity_val_steps=0, limit_val_batches=0)
+trainer.fit(Rec(), dm)
+"""
+
+
+def test_real_ddp_two_processes_get_disjoint_shares(mixed_scene, tmp_path):
+    """Two gloo processes: Lightning keeps our IterableDataset (no DistributedSampler swapped in) and
+    each rank gets its share r, r+W, ... of the same per-epoch permutation."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from data_helpers import REPO
+
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run([sys.executable, str(script), str(REPO), str(mixed_scene), str(out)], capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert all(x["world"] == 2 for x in ranks)
+    train_ids = list(range(1, 8))  # 9 images, held out 0 and 8
+    for epoch in (0, 1):
+        perm = epoch_order(train_ids, 5, epoch)
+        padded = perm + perm[:1]  # 7 images over 2 ranks: one repeated
+        for k in (0, 1):
+            assert [i for e, i in ranks[k]["seen"] if e == epoch] == padded[k::2]
