@@ -1,0 +1,75 @@
+// Shared constants and small helpers of the CPU rasterizer (docs/rasterizer.md is the contract).
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace cpu_rasterizer {
+
+// The compositing thresholds, as float32 values. The torch reference compares float32 tensors with
+// Python scalars, which torch casts to the tensor's dtype first, so these are the float32 roundings
+// of the double constants (1e-4 in particular rounds up, and the difference is observable).
+constexpr float kAlphaMin = static_cast<float>(1.0 / 255.0);
+constexpr float kAlphaMax = static_cast<float>(0.99);
+constexpr float kTMin = static_cast<float>(1e-4);
+constexpr int kTile = 16;  // the only tile size this backend implements: one 16-lane vector per row
+
+// Threads to use: torch's setting, so torch.set_num_threads (and DDP's one thread per process) governs us.
+inline int num_threads() { return std::max(1, at::get_num_threads()); }
+
+// Splits [0, n) into `parts` contiguous chunks; chunk k is [chunk_begin(k), chunk_begin(k+1)).
+inline int64_t chunk_begin(int64_t n, int parts, int k) { return n * k / parts; }
+
+// Runs f(begin, end) over [0, n) in parallel, in chunks of at least `grain` items (statically split).
+template <typename F>
+inline void parallel_range(int64_t n, int64_t grain, const F& f) {
+  if (n <= 0) return;
+  const int nt = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(1, n / std::max<int64_t>(1, grain))));
+  if (nt <= 1) {
+    f(int64_t(0), n);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    const int k = omp_get_thread_num();
+    const int parts = omp_get_num_threads();
+    const int64_t b = chunk_begin(n, parts, k), e = chunk_begin(n, parts, k + 1);
+    if (b < e) f(b, e);
+  }
+}
+
+struct Rect {
+  int32_t x0, x1, y0, y1;
+  int64_t area() const { return int64_t(x1 - x0) * int64_t(y1 - y0); }
+};
+
+// floor(v) clamped to [0, hi] as an int. NaN gives 0, which makes the rect empty, like torch's
+// NaN-to-int conversion does (both ends get the same value).
+inline int32_t clamp_floor(float v, int32_t hi) {
+  const float f = std::floor(v);
+  if (f >= static_cast<float>(hi)) return hi;
+  if (f > 0.0f) return static_cast<int32_t>(f);
+  return 0;
+}
+
+// The tile rectangle of docs/rasterizer.md, evaluated in float32 with the reference's exact
+// operation order (projection.tile_bounds): a different rounding could move a Gaussian into or out
+// of a tile and change pixels.
+inline Rect tile_rect(float mx, float my, int32_t radius, int32_t tiles_x, int32_t tiles_y) {
+  const float r = static_cast<float>(radius);
+  const float ts = static_cast<float>(kTile);
+  Rect t;
+  t.x0 = clamp_floor((mx - r) / ts, tiles_x);
+  t.x1 = clamp_floor((mx + r + (ts - 1.0f)) / ts, tiles_x);
+  t.y0 = clamp_floor((my - r) / ts, tiles_y);
+  t.y1 = clamp_floor((my + r + (ts - 1.0f)) / ts, tiles_y);
+  if (t.x1 < t.x0) t.x1 = t.x0;
+  if (t.y1 < t.y0) t.y1 = t.y0;
+  return t;
+}
+
+}  // namespace cpu_rasterizer

@@ -1,0 +1,327 @@
+// Stage 1 of docs/rasterizer.md on the CPU: Gaussians -> per-camera means2d, conics, depths, radii,
+// with a hand-written backward to means, quats and scales.
+//
+// The forward mirrors internal/rasterize/projection.py operation by operation in float32 (the
+// order of every sum, where torch divides by a reciprocal, where its matmuls use FMA), because the
+// integer radius and the tile rectangle derived from it are discontinuous: a one-ulp difference can
+// move a Gaussian across a tile border. Measured against torch 2.13 (CPU): the einsum giving the
+// camera-space point is an FMA chain, the 2x3 / 3x3 batched matmuls are plain sequential sums
+// (torch's small-matrix kernel), the 4-vector norm is a sequential sum. Gradients need not be
+// bit-identical, and are computed in straightforward float32.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common.h"
+
+namespace cpu_rasterizer {
+namespace {
+
+struct Camera {
+  float R[3][3], t[3];
+  float fx, fy, cx, cy;
+  float lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg;
+};
+
+Camera make_camera(const float* viewmat, const float* K, int64_t W, int64_t H) {
+  Camera cam;
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) cam.R[i][j] = viewmat[i * 4 + j];
+    cam.t[i] = viewmat[i * 4 + 3];
+  }
+  cam.fx = K[0];
+  cam.fy = K[4];
+  cam.cx = K[2];
+  cam.cy = K[5];
+  // `0.5 * width / fx` in torch is `fx.reciprocal() * (0.5 * width)` (Tensor.__rtruediv__).
+  const float tan_x = (1.0f / cam.fx) * static_cast<float>(0.5 * W);
+  const float tan_y = (1.0f / cam.fy) * static_cast<float>(0.5 * H);
+  cam.lim_x_pos = (static_cast<float>(W) - cam.cx) / cam.fx + 0.3f * tan_x;
+  cam.lim_x_neg = cam.cx / cam.fx + 0.3f * tan_x;
+  cam.lim_y_pos = (static_cast<float>(H) - cam.cy) / cam.fy + 0.3f * tan_y;
+  cam.lim_y_neg = cam.cy / cam.fy + 0.3f * tan_y;
+  return cam;
+}
+
+// Normalised quaternion -> rotation matrix, and the world covariance Sigma = (R S)(R S)^T.
+struct Shape {
+  float norm;        // |q| before the clamp
+  float q[4];        // normalised wxyz
+  float Rq[3][3];    // rotation
+  float M[3][3];     // Rq diag(scale)
+  float Sigma[3][3];
+};
+
+Shape make_shape(const float* quat, const float* scale) {
+  Shape s;
+  const float w0 = quat[0], x0 = quat[1], y0 = quat[2], z0 = quat[3];
+  s.norm = std::sqrt(((w0 * w0 + x0 * x0) + y0 * y0) + z0 * z0);
+  const float nc = std::max(s.norm, 1e-12f);
+  const float w = w0 / nc, x = x0 / nc, y = y0 / nc, z = z0 / nc;
+  s.q[0] = w, s.q[1] = x, s.q[2] = y, s.q[3] = z;
+  s.Rq[0][0] = 1.0f - 2.0f * (y * y + z * z);
+  s.Rq[0][1] = 2.0f * (x * y - w * z);
+  s.Rq[0][2] = 2.0f * (x * z + w * y);
+  s.Rq[1][0] = 2.0f * (x * y + w * z);
+  s.Rq[1][1] = 1.0f - 2.0f * (x * x + z * z);
+  s.Rq[1][2] = 2.0f * (y * z - w * x);
+  s.Rq[2][0] = 2.0f * (x * z - w * y);
+  s.Rq[2][1] = 2.0f * (y * z + w * x);
+  s.Rq[2][2] = 1.0f - 2.0f * (x * x + y * y);
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) s.M[i][j] = s.Rq[i][j] * scale[j];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) s.Sigma[i][j] = (s.M[i][0] * s.M[j][0] + s.M[i][1] * s.M[j][1]) + s.M[i][2] * s.M[j][2];
+  return s;
+}
+
+// Everything the forward computes for one (camera, Gaussian), kept for the backward's reuse.
+struct Projected {
+  float p[3];
+  bool in_range, valid;
+  float zs, u, v, uc, vc, tx, ty;
+  float J00, J02, J11, J12;
+  float jw[2][3], T1[2][3];
+  float a, b, c, det, ds;
+  float conic[3], mean2d[2];
+  int32_t radius;
+};
+
+Projected project_one(const Camera& cam, const float* mean, const Shape& s, float near_f, float far_f, int64_t W,
+                      int64_t H, int32_t tiles_x, int32_t tiles_y) {
+  Projected o;
+  for (int i = 0; i < 3; ++i)
+    o.p[i] = std::fma(cam.R[i][2], mean[2], std::fma(cam.R[i][1], mean[1], cam.R[i][0] * mean[0])) + cam.t[i];
+  const float z = o.p[2];
+  o.in_range = (z > near_f) && (z < far_f);
+  o.zs = o.in_range ? z : 1.0f;  // culled: computed on a safe value, as the reference does
+  o.u = o.p[0] / o.zs;
+  o.v = o.p[1] / o.zs;
+  o.uc = std::min(std::max(o.u, -cam.lim_x_neg), cam.lim_x_pos);
+  o.vc = std::min(std::max(o.v, -cam.lim_y_neg), cam.lim_y_pos);
+  o.tx = o.zs * o.uc;
+  o.ty = o.zs * o.vc;
+  const float zz = o.zs * o.zs;
+  o.J00 = cam.fx / o.zs;
+  o.J02 = (-cam.fx * o.tx) / zz;
+  o.J11 = cam.fy / o.zs;
+  o.J12 = (-cam.fy * o.ty) / zz;
+  for (int j = 0; j < 3; ++j) {
+    o.jw[0][j] = o.J00 * cam.R[0][j] + o.J02 * cam.R[2][j];
+    o.jw[1][j] = o.J11 * cam.R[1][j] + o.J12 * cam.R[2][j];
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j)
+      o.T1[i][j] = (o.jw[i][0] * s.Sigma[0][j] + o.jw[i][1] * s.Sigma[1][j]) + o.jw[i][2] * s.Sigma[2][j];
+  const float cov00 = (o.T1[0][0] * o.jw[0][0] + o.T1[0][1] * o.jw[0][1]) + o.T1[0][2] * o.jw[0][2];
+  const float cov01 = (o.T1[0][0] * o.jw[1][0] + o.T1[0][1] * o.jw[1][1]) + o.T1[0][2] * o.jw[1][2];
+  const float cov11 = (o.T1[1][0] * o.jw[1][0] + o.T1[1][1] * o.jw[1][1]) + o.T1[1][2] * o.jw[1][2];
+  o.a = cov00 + 0.3f;
+  o.b = cov01;
+  o.c = cov11 + 0.3f;
+  o.det = o.a * o.c - o.b * o.b;
+  o.valid = o.in_range && (o.det > 0.0f);
+  o.ds = o.valid ? o.det : 1.0f;
+  o.conic[0] = o.c / o.ds;
+  o.conic[1] = -o.b / o.ds;
+  o.conic[2] = o.a / o.ds;
+  o.mean2d[0] = cam.fx * o.u + cam.cx;
+  o.mean2d[1] = cam.fy * o.v + cam.cy;
+  // Radius: 3 sigma of the larger eigenvalue, rounded up; then culled when off the tile grid.
+  const float mid = 0.5f * (o.a + o.c);
+  const float lam = mid + std::sqrt(std::max(mid * mid - o.det, 0.1f));
+  float radius = std::ceil(3.0f * std::sqrt(lam));
+  if (!(o.valid && std::isfinite(radius))) radius = 0.0f;
+  radius = std::min(radius, static_cast<float>(4 * std::max(W, H) + 4 * kTile));
+  o.radius = static_cast<int32_t>(radius);
+  if (o.radius > 0 && tile_rect(o.mean2d[0], o.mean2d[1], o.radius, tiles_x, tiles_y).area() <= 0) o.radius = 0;
+  return o;
+}
+
+void check(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales, const at::Tensor& viewmats,
+           const at::Tensor& Ks) {
+  for (const at::Tensor* t : {&means, &quats, &scales, &viewmats, &Ks})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous(),
+                "cpu rasterizer: expected contiguous float32 CPU tensors");
+  const int64_t N = means.size(0), C = viewmats.size(0);
+  TORCH_CHECK(means.dim() == 2 && means.size(1) == 3, "means must be (N,3)");
+  TORCH_CHECK(quats.dim() == 2 && quats.size(0) == N && quats.size(1) == 4, "quats must be (N,4)");
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N && scales.size(1) == 3, "scales must be (N,3)");
+  TORCH_CHECK(viewmats.dim() == 3 && viewmats.size(1) == 4 && viewmats.size(2) == 4, "viewmats must be (C,4,4)");
+  TORCH_CHECK(Ks.dim() == 3 && Ks.size(0) == C && Ks.size(1) == 3 && Ks.size(2) == 3, "Ks must be (C,3,3)");
+}
+
+std::vector<Camera> make_cameras(const at::Tensor& viewmats, const at::Tensor& Ks, int64_t W, int64_t H) {
+  std::vector<Camera> cams;
+  for (int64_t c = 0; c < viewmats.size(0); ++c)
+    cams.push_back(make_camera(viewmats.data_ptr<float>() + 16 * c, Ks.data_ptr<float>() + 9 * c, W, H));
+  return cams;
+}
+
+}  // namespace
+
+// Returns means2d (C,N,2), conics (C,N,3), depths (C,N), radii (C,N) int32.
+std::vector<at::Tensor> project_forward(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales,
+                                        const at::Tensor& viewmats, const at::Tensor& Ks, int64_t width,
+                                        int64_t height, double near_plane, double far_plane, int64_t tile_size) {
+  check(means, quats, scales, viewmats, Ks);
+  TORCH_CHECK(tile_size == kTile, "cpu rasterizer: tile_size must be 16");
+  const int64_t N = means.size(0), C = viewmats.size(0);
+  const std::vector<Camera> cams = make_cameras(viewmats, Ks, width, height);
+  const int32_t tiles_x = static_cast<int32_t>((width + kTile - 1) / kTile);
+  const int32_t tiles_y = static_cast<int32_t>((height + kTile - 1) / kTile);
+  // torch compares a float32 tensor with a Python float after casting the float to float32.
+  const float near_f = static_cast<float>(near_plane), far_f = static_cast<float>(far_plane);
+  at::Tensor means2d = at::empty({C, N, 2}, at::kFloat);
+  at::Tensor conics = at::empty({C, N, 3}, at::kFloat);
+  at::Tensor depths = at::empty({C, N}, at::kFloat);
+  at::Tensor radii = at::empty({C, N}, at::kInt);
+  const float* m = means.data_ptr<float>();
+  const float* q = quats.data_ptr<float>();
+  const float* sc = scales.data_ptr<float>();
+  float* o_m = means2d.data_ptr<float>();
+  float* o_c = conics.data_ptr<float>();
+  float* o_d = depths.data_ptr<float>();
+  int32_t* o_r = radii.data_ptr<int32_t>();
+  parallel_range(N, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) {
+      const Shape s = make_shape(q + 4 * n, sc + 3 * n);
+      for (int64_t c = 0; c < C; ++c) {
+        const Projected o = project_one(cams[c], m + 3 * n, s, near_f, far_f, width, height, tiles_x, tiles_y);
+        const int64_t k = c * N + n;
+        o_m[2 * k] = o.mean2d[0];
+        o_m[2 * k + 1] = o.mean2d[1];
+        o_c[3 * k] = o.conic[0];
+        o_c[3 * k + 1] = o.conic[1];
+        o_c[3 * k + 2] = o.conic[2];
+        o_d[k] = o.p[2];
+        o_r[k] = o.radius;
+      }
+    }
+  });
+  return {means2d, conics, depths, radii};
+}
+
+// Gradients w.r.t. means (N,3), quats (N,4), scales (N,3) from those of means2d, conics and depths.
+// Follows the reference's autograd graph, including its safe values for culled entries (zero
+// gradient through z where out of range, through det where not valid), so it agrees with torch for
+// any incoming gradient, not only the zeros the compositing gives culled Gaussians.
+std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales,
+                                         const at::Tensor& viewmats, const at::Tensor& Ks, int64_t width,
+                                         int64_t height, double near_plane, double far_plane, int64_t tile_size,
+                                         const at::Tensor& g_means2d, const at::Tensor& g_conics,
+                                         const at::Tensor& g_depths) {
+  check(means, quats, scales, viewmats, Ks);
+  const int64_t N = means.size(0), C = viewmats.size(0);
+  for (const at::Tensor* t : {&g_means2d, &g_conics, &g_depths})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "cpu rasterizer: bad gradient tensor");
+  TORCH_CHECK(g_means2d.numel() == C * N * 2 && g_conics.numel() == C * N * 3 && g_depths.numel() == C * N,
+              "cpu rasterizer: gradient shapes do not match");
+  const std::vector<Camera> cams = make_cameras(viewmats, Ks, width, height);
+  const int32_t tiles_x = static_cast<int32_t>((width + kTile - 1) / kTile);
+  const int32_t tiles_y = static_cast<int32_t>((height + kTile - 1) / kTile);
+  const float near_f = static_cast<float>(near_plane), far_f = static_cast<float>(far_plane);
+  at::Tensor g_means = at::zeros({N, 3}, at::kFloat);
+  at::Tensor g_quats = at::zeros({N, 4}, at::kFloat);
+  at::Tensor g_scales = at::zeros({N, 3}, at::kFloat);
+  const float* m = means.data_ptr<float>();
+  const float* q = quats.data_ptr<float>();
+  const float* sc = scales.data_ptr<float>();
+  const float* gm2 = g_means2d.data_ptr<float>();
+  const float* gcn = g_conics.data_ptr<float>();
+  const float* gdp = g_depths.data_ptr<float>();
+  float* o_gm = g_means.data_ptr<float>();
+  float* o_gq = g_quats.data_ptr<float>();
+  float* o_gs = g_scales.data_ptr<float>();
+  parallel_range(N, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) {
+      const Shape s = make_shape(q + 4 * n, sc + 3 * n);
+      float gSigma[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};  // symmetric dL/dSigma, summed over cameras
+      float gmean[3] = {0, 0, 0};
+      bool any_grad = false;
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t k = c * N + n;
+        const float gx = gm2[2 * k], gy = gm2[2 * k + 1];
+        const float gA = gcn[3 * k], gB = gcn[3 * k + 1], gC = gcn[3 * k + 2];
+        const float gz = gdp[k];
+        if (gx == 0.0f && gy == 0.0f && gA == 0.0f && gB == 0.0f && gC == 0.0f && gz == 0.0f) continue;
+        any_grad = true;
+        const Camera& cam = cams[c];
+        const Projected o = project_one(cam, m + 3 * n, s, near_f, far_f, width, height, tiles_x, tiles_y);
+        // conic = (c, -b, a) / ds
+        float g_a = gC / o.ds, g_b = -gB / o.ds, g_c = gA / o.ds;
+        if (o.valid) {
+          const float g_det = -(gA * o.conic[0] + gB * o.conic[1] + gC * o.conic[2]) / o.ds;
+          g_a += g_det * o.c;
+          g_c += g_det * o.a;
+          g_b += -2.0f * o.b * g_det;
+        }
+        // cov = jw Sigma jw^T; only cov01 feeds b, but with Sigma symmetric the symmetric split
+        // G = [[g_a, g_b/2], [g_b/2, g_c]] gives the same gradients.
+        const float G[2][2] = {{g_a, 0.5f * g_b}, {0.5f * g_b, g_c}};
+        float g_jw[2][3];
+        for (int i = 0; i < 2; ++i)
+          for (int j = 0; j < 3; ++j) g_jw[i][j] = 2.0f * (G[i][0] * o.T1[0][j] + G[i][1] * o.T1[1][j]);
+        float Gjw[2][3];  // G jw
+        for (int i = 0; i < 2; ++i)
+          for (int j = 0; j < 3; ++j) Gjw[i][j] = G[i][0] * o.jw[0][j] + G[i][1] * o.jw[1][j];
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) gSigma[i][j] += o.jw[0][i] * Gjw[0][j] + o.jw[1][i] * Gjw[1][j];
+        // jw = J R with J = [[J00, 0, J02], [0, J11, J12]]
+        float gJ00 = 0, gJ02 = 0, gJ11 = 0, gJ12 = 0;
+        for (int j = 0; j < 3; ++j) {
+          gJ00 += g_jw[0][j] * cam.R[0][j];
+          gJ02 += g_jw[0][j] * cam.R[2][j];
+          gJ11 += g_jw[1][j] * cam.R[1][j];
+          gJ12 += g_jw[1][j] * cam.R[2][j];
+        }
+        float g_zs = -o.J00 / o.zs * gJ00 - o.J11 / o.zs * gJ11 - 2.0f * o.J02 / o.zs * gJ02 -
+                     2.0f * o.J12 / o.zs * gJ12;
+        const float g_tx = -cam.fx / (o.zs * o.zs) * gJ02;
+        const float g_ty = -cam.fy / (o.zs * o.zs) * gJ12;
+        g_zs += o.uc * g_tx + o.vc * g_ty;
+        float g_u = cam.fx * gx, g_v = cam.fy * gy;
+        if (o.u > -cam.lim_x_neg && o.u < cam.lim_x_pos) g_u += o.zs * g_tx;
+        if (o.v > -cam.lim_y_neg && o.v < cam.lim_y_pos) g_v += o.zs * g_ty;
+        const float g_p0 = g_u / o.zs, g_p1 = g_v / o.zs;
+        g_zs -= (o.u * g_u + o.v * g_v) / o.zs;
+        const float g_p[3] = {g_p0, g_p1, gz + (o.in_range ? g_zs : 0.0f)};
+        for (int j = 0; j < 3; ++j) gmean[j] += cam.R[0][j] * g_p[0] + cam.R[1][j] * g_p[1] + cam.R[2][j] * g_p[2];
+      }
+      if (!any_grad) continue;
+      for (int j = 0; j < 3; ++j) o_gm[3 * n + j] = gmean[j];
+      // Sigma = M M^T: dL/dM = 2 gSigma M (gSigma symmetric); M = Rq diag(scale).
+      float gR[3][3];
+      float gs[3] = {0, 0, 0};
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) {
+          const float gM = 2.0f * (gSigma[i][0] * s.M[0][j] + gSigma[i][1] * s.M[1][j] + gSigma[i][2] * s.M[2][j]);
+          gR[i][j] = gM * sc[3 * n + j];
+          gs[j] += gM * s.Rq[i][j];
+        }
+      for (int j = 0; j < 3; ++j) o_gs[3 * n + j] = gs[j];
+      // Rotation entries as functions of the normalised quaternion (w, x, y, z).
+      const float w = s.q[0], x = s.q[1], y = s.q[2], z = s.q[3];
+      float gq[4];
+      gq[0] = 2.0f * (-z * gR[0][1] + y * gR[0][2] + z * gR[1][0] - x * gR[1][2] - y * gR[2][0] + x * gR[2][1]);
+      gq[1] = 2.0f * (y * gR[0][1] + z * gR[0][2] + y * gR[1][0] - 2.0f * x * gR[1][1] - w * gR[1][2] +
+                      z * gR[2][0] + w * gR[2][1] - 2.0f * x * gR[2][2]);
+      gq[2] = 2.0f * (-2.0f * y * gR[0][0] + x * gR[0][1] + w * gR[0][2] + x * gR[1][0] + z * gR[1][2] -
+                      w * gR[2][0] + z * gR[2][1] - 2.0f * y * gR[2][2]);
+      gq[3] = 2.0f * (-2.0f * z * gR[0][0] - w * gR[0][1] + x * gR[0][2] + w * gR[1][0] - 2.0f * z * gR[1][1] +
+                      y * gR[1][2] + x * gR[2][0] + y * gR[2][1]);
+      // q = quat / max(|quat|, 1e-12)
+      if (s.norm > 1e-12f) {
+        const float dot = w * gq[0] + x * gq[1] + y * gq[2] + z * gq[3];
+        for (int i = 0; i < 4; ++i) o_gq[4 * n + i] = (gq[i] - s.q[i] * dot) / s.norm;
+      } else {
+        for (int i = 0; i < 4; ++i) o_gq[4 * n + i] = gq[i] / 1e-12f;
+      }
+    }
+  });
+  return {g_means, g_quats, g_scales};
+}
+
+}  // namespace cpu_rasterizer

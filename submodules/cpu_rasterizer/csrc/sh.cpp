@@ -1,0 +1,205 @@
+// View-dependent colours from spherical harmonics (projection.view_colors) and their backward.
+//
+// colour(c, n) = max(sum_k Y_k(dir) coeff[n,k] + 0.5, 0), dir = normalize(mean_n - campos_c), with the
+// real SH basis of the original 3DGS up to degree 3. The forward mirrors the reference's float32
+// operation order (projection.eval_sh); the backward gives the gradient to the coefficients and,
+// through the direction, to the means (the reference does not detach the direction either).
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common.h"
+
+namespace cpu_rasterizer {
+namespace {
+
+// The constants of projection.py, rounded to float32 as torch does when it multiplies a float32
+// tensor by a Python float.
+const float C0 = static_cast<float>(0.28209479177387814);
+const float C1 = static_cast<float>(0.4886025119029199);
+const float C2[5] = {static_cast<float>(1.0925484305920792), static_cast<float>(-1.0925484305920792),
+                     static_cast<float>(0.31539156525252005), static_cast<float>(-1.0925484305920792),
+                     static_cast<float>(0.5462742152960396)};
+const float C3[7] = {static_cast<float>(-0.5900435899266435), static_cast<float>(2.890611442640554),
+                     static_cast<float>(-0.4570457994644658), static_cast<float>(0.3731763325901154),
+                     static_cast<float>(-0.4570457994644658), static_cast<float>(1.445305721320277),
+                     static_cast<float>(-0.5900435899266435)};
+
+struct Dir {
+  float x, y, z;  // normalised
+  float norm;     // before the clamp
+};
+
+// campos = -R^T t, summed in the order of torch's small batched matmul.
+void camera_center(const float* vm, float out[3]) {
+  for (int i = 0; i < 3; ++i) out[i] = -((vm[0 * 4 + i] * vm[3] + vm[1 * 4 + i] * vm[7]) + vm[2 * 4 + i] * vm[11]);
+}
+
+inline Dir view_dir(const float* mean, const float cp[3]) {
+  const float dx = mean[0] - cp[0], dy = mean[1] - cp[1], dz = mean[2] - cp[2];
+  Dir d;
+  d.norm = std::sqrt(std::fma(dz, dz, std::fma(dy, dy, dx * dx)));  // torch's 3-vector norm: an FMA chain
+  const float nc = std::max(d.norm, 1e-12f);
+  d.x = dx / nc;
+  d.y = dy / nc;
+  d.z = dz / nc;
+  return d;
+}
+
+// sum_k Y_k(dir) coeff[k] for one channel, in projection.eval_sh's exact order.
+inline float eval_channel(int degree, const float* co, int ch, const Dir& d) {
+  auto cf = [&](int k) { return co[3 * k + ch]; };
+  float out = C0 * cf(0);
+  if (degree == 0) return out;
+  const float x = d.x, y = d.y, z = d.z;
+  out = ((out - (C1 * y) * cf(1)) + (C1 * z) * cf(2)) - (C1 * x) * cf(3);
+  if (degree == 1) return out;
+  const float xx = x * x, yy = y * y, zz = z * z, xy = x * y, yz = y * z, xz = x * z;
+  out = out + (C2[0] * xy) * cf(4);
+  out = out + (C2[1] * yz) * cf(5);
+  out = out + (C2[2] * ((2.0f * zz - xx) - yy)) * cf(6);
+  out = out + (C2[3] * xz) * cf(7);
+  out = out + (C2[4] * (xx - yy)) * cf(8);
+  if (degree == 2) return out;
+  out = out + ((C3[0] * y) * (3.0f * xx - yy)) * cf(9);
+  out = out + ((C3[1] * xy) * z) * cf(10);
+  out = out + ((C3[2] * y) * ((4.0f * zz - xx) - yy)) * cf(11);
+  out = out + ((C3[3] * z) * ((2.0f * zz - 3.0f * xx) - 3.0f * yy)) * cf(12);
+  out = out + ((C3[4] * x) * ((4.0f * zz - xx) - yy)) * cf(13);
+  out = out + ((C3[5] * z) * (xx - yy)) * cf(14);
+  out = out + ((C3[6] * x) * (xx - 3.0f * yy)) * cf(15);
+  return out;
+}
+
+// The basis values Y_k and their gradients dY_k/d(x,y,z) (math, for the backward).
+inline int basis(int degree, const Dir& d, float Y[16], float dY[16][3]) {
+  const float x = d.x, y = d.y, z = d.z;
+  const float xx = x * x, yy = y * y, zz = z * z;
+  auto set = [&](int k, float v, float gx, float gy, float gz) {
+    Y[k] = v;
+    dY[k][0] = gx;
+    dY[k][1] = gy;
+    dY[k][2] = gz;
+  };
+  set(0, C0, 0, 0, 0);
+  if (degree >= 1) {
+    set(1, -C1 * y, 0, -C1, 0);
+    set(2, C1 * z, 0, 0, C1);
+    set(3, -C1 * x, -C1, 0, 0);
+  }
+  if (degree >= 2) {
+    set(4, C2[0] * x * y, C2[0] * y, C2[0] * x, 0);
+    set(5, C2[1] * y * z, 0, C2[1] * z, C2[1] * y);
+    set(6, C2[2] * (2 * zz - xx - yy), -2 * C2[2] * x, -2 * C2[2] * y, 4 * C2[2] * z);
+    set(7, C2[3] * x * z, C2[3] * z, 0, C2[3] * x);
+    set(8, C2[4] * (xx - yy), 2 * C2[4] * x, -2 * C2[4] * y, 0);
+  }
+  if (degree >= 3) {
+    set(9, C3[0] * y * (3 * xx - yy), C3[0] * 6 * x * y, C3[0] * (3 * xx - 3 * yy), 0);
+    set(10, C3[1] * x * y * z, C3[1] * y * z, C3[1] * x * z, C3[1] * x * y);
+    set(11, C3[2] * y * (4 * zz - xx - yy), C3[2] * -2 * x * y, C3[2] * (4 * zz - xx - 3 * yy), C3[2] * 8 * y * z);
+    set(12, C3[3] * z * (2 * zz - 3 * xx - 3 * yy), C3[3] * -6 * x * z, C3[3] * -6 * y * z,
+        C3[3] * (6 * zz - 3 * xx - 3 * yy));
+    set(13, C3[4] * x * (4 * zz - xx - yy), C3[4] * (4 * zz - 3 * xx - yy), C3[4] * -2 * x * y, C3[4] * 8 * x * z);
+    set(14, C3[5] * z * (xx - yy), C3[5] * 2 * x * z, C3[5] * -2 * y * z, C3[5] * (xx - yy));
+    set(15, C3[6] * x * (xx - 3 * yy), C3[6] * (3 * xx - 3 * yy), C3[6] * -6 * x * y, 0);
+  }
+  return (degree + 1) * (degree + 1);
+}
+
+void check(const at::Tensor& means, const at::Tensor& coeffs, int64_t degree, const at::Tensor& viewmats) {
+  for (const at::Tensor* t : {&means, &coeffs, &viewmats})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous(),
+                "cpu rasterizer: expected contiguous float32 CPU tensors");
+  TORCH_CHECK(degree >= 0 && degree <= 3, "sh_degree must be in 0..3");
+  TORCH_CHECK(means.dim() == 2 && means.size(1) == 3, "means must be (N,3)");
+  TORCH_CHECK(coeffs.dim() == 3 && coeffs.size(0) == means.size(0) && coeffs.size(2) == 3 &&
+                  coeffs.size(1) >= (degree + 1) * (degree + 1),
+              "SH coefficients must be (N,K,3) with K >= (sh_degree+1)^2");
+  TORCH_CHECK(viewmats.dim() == 3 && viewmats.size(1) == 4 && viewmats.size(2) == 4, "viewmats must be (C,4,4)");
+}
+
+}  // namespace
+
+// colours (C,N,3)
+at::Tensor sh_forward(const at::Tensor& means, const at::Tensor& coeffs, int64_t degree, const at::Tensor& viewmats) {
+  check(means, coeffs, degree, viewmats);
+  const int64_t N = means.size(0), C = viewmats.size(0), K = coeffs.size(1);
+  std::vector<float> cps(3 * C);
+  for (int64_t c = 0; c < C; ++c) camera_center(viewmats.data_ptr<float>() + 16 * c, cps.data() + 3 * c);
+  at::Tensor colors = at::empty({C, N, 3}, at::kFloat);
+  const float* m = means.data_ptr<float>();
+  const float* co = coeffs.data_ptr<float>();
+  float* out = colors.data_ptr<float>();
+  const int deg = static_cast<int>(degree);
+  parallel_range(N, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t n = b; n < e; ++n) {
+        const Dir d = view_dir(m + 3 * n, cps.data() + 3 * c);
+        for (int ch = 0; ch < 3; ++ch)
+          out[(c * N + n) * 3 + ch] = std::max(eval_channel(deg, co + n * K * 3, ch, d) + 0.5f, 0.0f);
+      }
+  });
+  return colors;
+}
+
+// Gradients w.r.t. means (N,3) and coefficients (N,K,3), from that of the colours (C,N,3).
+std::vector<at::Tensor> sh_backward(const at::Tensor& means, const at::Tensor& coeffs, int64_t degree,
+                                    const at::Tensor& viewmats, const at::Tensor& g_colors) {
+  check(means, coeffs, degree, viewmats);
+  const int64_t N = means.size(0), C = viewmats.size(0), K = coeffs.size(1);
+  TORCH_CHECK(g_colors.scalar_type() == at::kFloat && g_colors.is_contiguous() && g_colors.numel() == C * N * 3,
+              "cpu rasterizer: bad colour gradient");
+  std::vector<float> cps(3 * C);
+  for (int64_t c = 0; c < C; ++c) camera_center(viewmats.data_ptr<float>() + 16 * c, cps.data() + 3 * c);
+  at::Tensor g_means = at::zeros({N, 3}, at::kFloat);
+  at::Tensor g_coeffs = at::zeros({N, K, 3}, at::kFloat);
+  const float* m = means.data_ptr<float>();
+  const float* co = coeffs.data_ptr<float>();
+  const float* gc = g_colors.data_ptr<float>();
+  float* o_gm = g_means.data_ptr<float>();
+  float* o_gc = g_coeffs.data_ptr<float>();
+  const int deg = static_cast<int>(degree);
+  parallel_range(N, 512, [&](int64_t b, int64_t e) {
+    float Y[16], dY[16][3];
+    for (int64_t n = b; n < e; ++n) {
+      const float* cn = co + n * K * 3;
+      float* gcn = o_gc + n * K * 3;
+      float gmean[3] = {0, 0, 0};
+      for (int64_t c = 0; c < C; ++c) {
+        const float* g = gc + (c * N + n) * 3;
+        if (g[0] == 0.0f && g[1] == 0.0f && g[2] == 0.0f) continue;
+        const Dir d = view_dir(m + 3 * n, cps.data() + 3 * c);
+        // clamp_min(0) passes the gradient where the unclamped value is >= 0 (torch's rule).
+        float go[3];
+        for (int ch = 0; ch < 3; ++ch) go[ch] = (eval_channel(deg, cn, ch, d) + 0.5f >= 0.0f) ? g[ch] : 0.0f;
+        const int nb = basis(deg, d, Y, dY);
+        float gdir[3] = {0, 0, 0};
+        for (int k = 0; k < nb; ++k) {
+          float s = 0.0f;
+          for (int ch = 0; ch < 3; ++ch) {
+            gcn[3 * k + ch] += Y[k] * go[ch];
+            s += cn[3 * k + ch] * go[ch];
+          }
+          for (int i = 0; i < 3; ++i) gdir[i] += dY[k][i] * s;
+        }
+        if (deg == 0) continue;
+        // dir = v / max(|v|, 1e-12), v = mean - campos
+        if (d.norm > 1e-12f) {
+          const float dot = d.x * gdir[0] + d.y * gdir[1] + d.z * gdir[2];
+          gmean[0] += (gdir[0] - d.x * dot) / d.norm;
+          gmean[1] += (gdir[1] - d.y * dot) / d.norm;
+          gmean[2] += (gdir[2] - d.z * dot) / d.norm;
+        } else {
+          for (int i = 0; i < 3; ++i) gmean[i] += gdir[i] / 1e-12f;
+        }
+      }
+      for (int i = 0; i < 3; ++i) o_gm[3 * n + i] = gmean[i];
+    }
+  });
+  return {g_means, g_coeffs};
+}
+
+}  // namespace cpu_rasterizer
