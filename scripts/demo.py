@@ -1,57 +1,63 @@
-"""The README's first command: the demo job.
+"""The README's first command (`make demo`): train the embedded demo scene end to end.
 
-Until training lands this renders a small procedural set of Gaussians from an orbit of cameras with
-the public draw() API and saves a contact sheet, so that the whole path (setup, native build,
-rendering) is exercised on a fresh machine.
+1. generates the demo scene (analytic, ray-cast textured shapes; internal/demo_scene.py) into demo_data/
+2. trains it:  main.py fit --config configs/blender.yaml --config configs/demo.yaml --data.path demo_data/blender -n demo
+3. tests it:   main.py test --config outputs/demo/config.yaml --ckpt_path last
+and prints the test PSNR and where the checkpoint, the PLY and the renders are.
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import internal as gs  # noqa: E402
-from internal.splats import Splats  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
-def helix_splats(n=4000) -> Splats:
-    t = torch.linspace(0, 6 * np.pi, n)
-    means = torch.stack([torch.cos(t), torch.linspace(-1, 1, n), torch.sin(t)], -1) * torch.tensor([0.8, 1.0, 0.8])
-    rgb = torch.stack([0.5 + 0.5 * torch.cos(t), 0.5 + 0.5 * torch.sin(t), torch.linspace(0, 1, n)], -1)
-    return Splats(
-        means=means, quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), scales=torch.full((n, 3), np.log(0.03)),
-        opacities=torch.full((n,), 2.0), sh0=((rgb - 0.5) / 0.28209479177387814)[:, None], shN=torch.zeros(n, 0, 3),
-    )
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
 
 
-def orbit(n, radius=3.5):
-    out = []
-    for a in np.linspace(0, 2 * np.pi, n, endpoint=False):
-        eye = np.array([radius * np.cos(a), -1.0, radius * np.sin(a)])
-        fwd = -eye / np.linalg.norm(eye)
-        right = np.cross(fwd, [0, 1, 0]); right /= np.linalg.norm(right)
-        down = np.cross(fwd, right)
-        R = np.stack([right, down, fwd]); vm = np.eye(4); vm[:3, :3] = R; vm[:3, 3] = -R @ eye
-        out.append(vm)
-    return torch.tensor(np.stack(out), dtype=torch.float32)
-
-
-def main():
-    out_dir = Path("outputs/demo"); out_dir.mkdir(parents=True, exist_ok=True)
-    splats = helix_splats()
-    K = torch.tensor([[200.0, 0, 128], [0, 200, 128], [0, 0, 1]])
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="demo_data", help="where the demo scene is written")
+    ap.add_argument("--output", default="outputs", help="experiment folders")
+    ap.add_argument("--name", default="demo")
+    ap.add_argument("--steps", type=int, default=None, help="override the number of training steps")
+    args, extra = ap.parse_known_args()
     t0 = time.time()
-    imgs = gs.draw(splats, orbit(8), K, 256, 256, background=(1, 1, 1), device="cpu")
-    sheet = torch.cat([torch.cat(list(imgs[:4, ..., :3]), 1), torch.cat(list(imgs[4:, ..., :3]), 1)], 0)
-    Image.fromarray(sheet.numpy()).save(out_dir / "contact_sheet.png")
-    gs.save_ply(splats, out_dir / "helix.ply")
-    print(f"rendered 8 views in {time.time() - t0:.2f} s -> {out_dir / 'contact_sheet.png'} (splats: {out_dir / 'helix.ply'})")
+    py = sys.executable
+    data = REPO / args.data
+    if not (data / "blender" / "transforms_train.json").is_file():
+        run([py, "-m", "internal.demo_scene", str(data)])
+    fit = [py, "main.py", "fit", "--config", "configs/blender.yaml", "--config", "configs/demo.yaml",
+           "--data.path", str(data / "blender"), "-n", args.name, "--output", args.output]
+    if args.steps:
+        fit += ["--trainer.max_steps", str(args.steps), "--trainer.val_check_interval", str(args.steps),
+                "--save_steps", f"[{args.steps}]"]
+    run(fit + extra)
+    exp = REPO / args.output / args.name
+    run([py, "main.py", "test", "--config", str(exp / "config.yaml"), "--ckpt_path", "last"])
+    tests = sorted((exp / "metrics").glob("test-step=*.csv"), key=lambda p: p.stat().st_mtime)
+    psnr = None
+    if tests:
+        rows = list(csv.DictReader(open(tests[-1])))
+        psnr = next(float(r["psnr"]) for r in rows if r["image"] == "MEAN")
+    plys = sorted((exp / "point_cloud").glob("iteration_*/point_cloud.ply"), key=lambda p: int(p.parent.name.split("_")[1]))
+    renders = sorted((exp / "renders").glob("test-step=*"), key=lambda p: p.stat().st_mtime)
+    print()
+    print(f"demo finished in {time.time() - t0:.0f} s")
+    print(f"  test PSNR:   {psnr:.2f} dB" if psnr is not None else "  test PSNR:   (no test metrics found)")
+    print(f"  checkpoint:  {exp / 'checkpoints' / 'last.ckpt'}")
+    print(f"  point cloud: {plys[-1] if plys else '(none)'}")
+    print(f"  renders:     {renders[-1] if renders else '(none)'}")
+    print(f"  metrics:     {tests[-1] if tests else '(none)'}")
+    print(f"  view it:     .venv/bin/python viewer.py {exp / 'checkpoints' / 'last.ckpt'} start")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,131 @@
+"""LightningCLI for 3DGS: fit / validate / test / predict with an experiment folder per run.
+
+    python main.py fit --data.path DATA -n lego [--output outputs] [--config a.yaml --config b.yaml]
+
+`outputs/<name>/` holds config.yaml, cameras.json, checkpoints/ (step=S.ckpt at --save_steps and a
+rolling last.ckpt every --checkpoint_every steps, each written to a temporary file and renamed),
+point_cloud/iteration_S/point_cloud.ply, metrics/, renders/ and the TensorBoard logs.
+`--ckpt_path last` resumes from outputs/<name>/checkpoints/last.ckpt.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Optional
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from .callbacks import AtomicCheckpointIO, SaveAtSteps, WriteCameras
+from .data.datamodule import DataModule
+from .module import GaussianSplatting
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ExperimentConfigSaver(SaveConfigCallback):
+    """Writes config.yaml into the experiment folder (not the logger's version folder); a resumed
+    run rewrites it with what it was started with."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved or not trainer.is_global_zero:
+            return
+        root = Path(trainer.default_root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(root / self.config_filename), skip_none=False, overwrite=True,
+                         multifile=self.multifile)
+        self.already_saved = True
+
+
+def experiment_name(name: Optional[str], data_path: Optional[str]) -> str:
+    if name:
+        return name
+    if data_path:
+        return Path(str(data_path)).resolve().name or "experiment"
+    return "experiment"
+
+
+class GSCLI(LightningCLI):
+    def __init__(self, args=None, run: bool = True):
+        super().__init__(
+            GaussianSplatting,
+            DataModule,
+            save_config_callback=ExperimentConfigSaver,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "max_steps": 30_000,
+                "num_sanity_val_steps": 0,
+                "check_val_every_n_epoch": None,
+                "val_check_interval": 7_000,
+                "log_every_n_steps": 50,
+                "accelerator": "auto",
+                "devices": 1,
+            },
+            seed_everything_default=42,
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("-n", "--name", type=Optional[str], default=None,
+                            help="experiment name: outputs go to <output>/<name>/ (default: the data folder's name)")
+        parser.add_argument("--output", type=str, default="outputs", help="folder of experiment folders")
+        parser.add_argument("--save_steps", type=list[int], default=[7_000, 30_000],
+                            help="steps at which a checkpoint and a point_cloud.ply are kept")
+        parser.add_argument("--checkpoint_every", type=int, default=1_000,
+                            help="refresh checkpoints/last.ckpt every this many steps (for resuming)")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        exp = Path(cfg.output) / experiment_name(cfg.name, cfg.data.path)
+        cfg.trainer.default_root_dir = str(exp)
+        if cfg.trainer.logger in (None, True):
+            cfg.trainer.logger = {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(exp), "name": "tensorboard", "version": ""},
+            }
+        ckpt = cfg.get("ckpt_path")
+        if ckpt == "last":
+            last = exp / "checkpoints" / "last.ckpt"
+            if last.is_file():
+                cfg.ckpt_path = str(last)
+            elif self.subcommand == "fit":
+                print(f"[resume] no {last} yet: starting a new run")
+                cfg.ckpt_path = None
+            else:
+                raise SystemExit(f"error: --ckpt_path last, but {last} does not exist; train first or pass a checkpoint path")
+        elif ckpt and not Path(ckpt).is_file():
+            raise SystemExit(f"error: checkpoint {ckpt} does not exist")
+
+    def instantiate_trainer(self, **kwargs):
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        exp = Path(cfg.trainer.default_root_dir)
+        extra = [
+            ModelCheckpoint(dirpath=str(exp / "checkpoints"), save_last=True, save_top_k=0,
+                            every_n_train_steps=cfg.checkpoint_every),
+            SaveAtSteps(cfg.save_steps),
+            WriteCameras(),
+        ]
+        user = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        kwargs["callbacks"] = extra + (list(user) if isinstance(user, (list, tuple)) else [user])
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        kwargs["plugins"] = [AtomicCheckpointIO()] + (list(plugins) if isinstance(plugins, (list, tuple)) else [plugins] if plugins else [])
+        return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        # Validation once more at the very end, unless the last step already ran it.
+        if self.trainer.interrupted or self.trainer.datamodule is None or not self.datamodule.scene.val_ids:
+            return
+        interval = self.trainer.val_check_interval
+        if isinstance(interval, int) and interval > 0 and self.trainer.global_step % interval == 0:
+            return
+        self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+
+
+def main(args=None) -> None:
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    GSCLI(args=args)

@@ -1,0 +1,114 @@
+"""Image metrics: PSNR, SSIM (also the training loss's structural term), LPIPS where it can be computed.
+
+Images are float tensors in [0,1], (H,W,3) or (B,H,W,3); masks are bool (H,W) / (B,H,W), True = counted.
+SSIM is the usual Gaussian-window SSIM (11x11, sigma 1.5, K1 = 0.01, K2 = 0.03) with zero padding at
+the border, as the 3DGS papers compute it; under a mask the SSIM map is averaged over the kept pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+
+
+def _batched(x: Tensor) -> Tensor:
+    return x[None] if x.dim() == 3 else x
+
+
+def _masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of (B,H,W[,C]) x over pixels where mask (B,H,W) is True."""
+    if mask is None:
+        return x.mean()
+    m = _batched(mask[..., None]) if mask.dim() == 2 else mask[..., None]
+    m = m.to(x.dtype)
+    if x.dim() == 3:
+        m = m[..., 0]
+    denom = m.sum() * (x.shape[-1] if x.dim() == 4 else 1)
+    return (x * m).sum() / denom.clamp_min(1.0)
+
+
+def l1(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
+    return _masked_mean((_batched(pred) - _batched(gt)).abs(), mask)
+
+
+def mse(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
+    return _masked_mean((_batched(pred) - _batched(gt)) ** 2, mask)
+
+
+def psnr(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Peak signal-to-noise ratio in dB for images in [0,1]."""
+    return -10.0 * torch.log10(mse(pred, gt, mask).clamp_min(1e-12))
+
+
+@lru_cache(maxsize=8)
+def _window(dtype: torch.dtype, device: str) -> Tensor:
+    x = torch.arange(SSIM_WINDOW, dtype=torch.float64) - SSIM_WINDOW // 2
+    g = torch.exp(-(x**2) / (2 * SSIM_SIGMA**2))
+    g = g / g.sum()
+    return g.to(dtype=dtype, device=device)
+
+
+def _blur(x: Tensor) -> Tensor:
+    """Separable Gaussian filter of (B,C,H,W), zero padding, same size."""
+    c = x.shape[1]
+    g = _window(x.dtype, str(x.device))
+    pad = SSIM_WINDOW // 2
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, pad), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(pad, 0), groups=c)
+
+
+def ssim_map(pred: Tensor, gt: Tensor) -> Tensor:
+    """Per-pixel, per-channel SSIM, (B,H,W,C)."""
+    x = _batched(pred).permute(0, 3, 1, 2)
+    y = _batched(gt).permute(0, 3, 1, 2)
+    mu_x, mu_y = _blur(x), _blur(y)
+    sxx = _blur(x * x) - mu_x * mu_x
+    syy = _blur(y * y) - mu_y * mu_y
+    sxy = _blur(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + SSIM_C1) * (2 * sxy + SSIM_C2)
+    den = (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (sxx + syy + SSIM_C2)
+    return (num / den).permute(0, 2, 3, 1)
+
+
+def ssim(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
+    return _masked_mean(ssim_map(pred, gt), mask)
+
+
+class LPIPS:
+    """LPIPS through torchmetrics when its backbone weights can be had; else `available` is False.
+
+    Its AlexNet/VGG weights are a download (and need torchvision), which these machines cannot do, so
+    the metric is reported as "not computed" rather than as a number.
+    """
+
+    def __init__(self, net: str = "alex"):
+        self.reason = ""
+        self.metric = None
+        try:
+            from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+            self.metric = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True)
+        except Exception as exc:  # ImportError (torchvision) or a failed weight download
+            self.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+    @property
+    def available(self) -> bool:
+        return self.metric is not None
+
+    @torch.no_grad()
+    def __call__(self, pred: Tensor, gt: Tensor) -> float:
+        m = self.metric.to(pred.device)
+        return float(m(_batched(pred).permute(0, 3, 1, 2).clamp(0, 1), _batched(gt).permute(0, 3, 1, 2).clamp(0, 1)))
+
+
+def format_metric(value: float | None) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6f}"

@@ -1,0 +1,299 @@
+"""GaussianSplatting: the LightningModule. Reads top to bottom as one training step of 3DGS:
+
+render -> masked (1-λ)·L1 + λ·(1-SSIM) -> backward -> densification statistics and schedule
+(clone / split / prune / opacity reset, optimizer state resized with the parameters) -> Adam step
+-> SH degree up every `sh_degree_interval` steps.
+
+Optimisation is manual (`automatic_optimization = False`) because densification must run between
+the backward pass and the optimizer step, and it replaces parameters and their Adam state.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import lightning
+import numpy as np
+import torch
+from jsonargparse import lazy_instance
+from PIL import Image
+
+from . import metrics
+from .density import DensityController
+from .gaussians import GaussianModel
+from .optim import create_optimizer, exp_lr
+from .renderers import VanillaRenderer
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; training stops and the last good checkpoint stays as it was."""
+
+
+@dataclass
+class OptimizationParams:
+    """3DGS learning rates (position ones are multiplied by the scene extent) and loss weights."""
+
+    means_lr_init: float = 1.6e-4
+    means_lr_final: float = 1.6e-6
+    means_lr_max_steps: int = 30_000
+    sh0_lr: float = 2.5e-3
+    shN_lr: float = 2.5e-3 / 20
+    opacities_lr: float = 0.05
+    scales_lr: float = 5e-3
+    quats_lr: float = 1e-3
+    ssim_weight: float = 0.2
+    """λ in (1-λ)·L1 + λ·(1-SSIM)."""
+    sh_degree_interval: int = 1000
+    """Raise the active SH degree by one every this many steps, up to `sh_degree`."""
+
+
+class GaussianSplatting(lightning.LightningModule):
+    """3D Gaussian Splatting.
+
+    Args:
+        sh_degree: maximum SH degree (0..3).
+        renderer: how Gaussians become images (rasterizer backend inside).
+        density: densification schedule and thresholds.
+        optimization: learning rates and loss weights.
+        background: "auto" (white for Blender scenes configured white, else black), "black", "white",
+            or "random" (a new colour every training step; validation uses the configured one).
+        init_opacity: opacity of the initial Gaussians.
+        compute_lpips: compute LPIPS in validation/test when its weights can be had; otherwise it is
+            reported as not computed.
+        save_renders: save every validation/test render (and its ground truth) as PNG.
+    """
+
+    def __init__(
+        self,
+        sh_degree: int = 3,
+        renderer: VanillaRenderer = lazy_instance(VanillaRenderer),
+        density: DensityController = lazy_instance(DensityController),
+        optimization: OptimizationParams = OptimizationParams(),
+        background: Literal["auto", "black", "white", "random"] = "auto",
+        init_opacity: float = 0.1,
+        compute_lpips: bool = False,
+        save_renders: bool = True,
+    ):
+        super().__init__()
+        if not 0 <= sh_degree <= 3:
+            raise ValueError(f"sh_degree must be 0..3, got {sh_degree}")
+        self.save_hyperparameters(ignore=["renderer", "density"])
+        self.automatic_optimization = False
+        self.gaussians = GaussianModel(sh_degree)
+        self.renderer = renderer
+        self.density = density
+        self.opt = optimization
+        self.background_mode = background
+        self.init_opacity = init_opacity
+        self.compute_lpips = compute_lpips
+        self.save_renders = save_renders
+        self.register_buffer("extent", torch.tensor(1.0))
+        self.register_buffer("scene_background", torch.zeros(3))
+        # One seeded generator for every random draw of training (split samples, random backgrounds):
+        # identical on every process, and saved in checkpoints so a resumed run continues the same stream.
+        self.generator = torch.Generator()
+        self.generator.manual_seed(0)
+        self._eval_rows: list[dict] = []
+        self._lpips: Optional[metrics.LPIPS] = None
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        scene = dm.scene if dm is not None else None
+        if scene is not None:
+            self.extent.fill_(float(scene.extent))
+            bg = scene.background if self.background_mode == "auto" else self._named_background()
+            self.scene_background.copy_(torch.as_tensor(bg, dtype=torch.float32))
+            if self.gaussians.num_gaussians == 0 and stage == "fit":
+                # Fresh run: Gaussians from the scene's points. (On resume Lightning loads the checkpoint
+                # after this, and the model resizes itself to the checkpoint's Gaussian count.)
+                rgb = torch.as_tensor(scene.points_rgb, dtype=torch.float32) / 255.0
+                self.gaussians.init_from_points(torch.as_tensor(scene.points_xyz, dtype=torch.float32), rgb, self.init_opacity)
+        if stage == "fit":
+            # Seeded from seed_everything's seed; a resumed run then overwrites it with the saved state
+            # (Lightning restores checkpoints after setup).
+            self.generator.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
+
+    def _named_background(self):
+        return {"black": (0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0), "random": (0.0, 0.0, 0.0)}[self.background_mode]
+
+    def configure_optimizers(self):
+        o = self.opt
+        lrs = {
+            "means": o.means_lr_init * float(self.extent),
+            "quats": o.quats_lr,
+            "scales": o.scales_lr,
+            "opacities": o.opacities_lr,
+            "sh0": o.sh0_lr,
+            "shN": o.shN_lr,
+        }
+        return create_optimizer(self.gaussians, lrs)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch, batch_idx):
+        step = self.global_step  # optimizer steps done so far
+        optimizer = self.optimizers()
+        self._set_means_lr(optimizer.optimizer, step)
+        if step > 0 and step % self.opt.sh_degree_interval == 0:
+            self.gaussians.step_sh_degree()
+
+        gt = batch.image.float() / 255.0
+        background = self._training_background(gt.device)
+        if batch.alpha is not None and self.background_mode == "random":
+            # The image was composited on the scene background; put the random one behind it instead.
+            a = batch.alpha.float()[..., None] / 255.0
+            gt = gt + (1.0 - a) * (background - self.scene_background.to(gt.device))
+        out = self.renderer(self.gaussians, batch.camera, background)
+        out.means2d.retain_grad()
+        pred = out.colors[0]
+        mask = batch.mask
+        l1 = metrics.l1(pred, gt, mask)
+        ssim = metrics.ssim(pred, gt, mask)
+        lam = self.opt.ssim_weight
+        loss = (1.0 - lam) * l1 + lam * (1.0 - ssim)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the loss became {loss.item()} at step {step} (image {batch.name!r}, {self.gaussians.num_gaussians} "
+                "Gaussians); training stopped and the last good checkpoint is kept. Resume with --ckpt_path last, "
+                "and consider lower learning rates (--model.optimization.*_lr) or a different seed."
+            )
+        self.manual_backward(loss)
+
+        with torch.no_grad():
+            if out.means2d.grad is not None:
+                self.density.update_stats(out.means2d.grad, out.radii, out.width, out.height)
+            info = self.density.step(
+                step, self.gaussians, optimizer.optimizer, float(self.extent), self.generator,
+                white_background=bool(self.scene_background.min() >= 1.0),
+            )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        with torch.no_grad():
+            psnr = metrics.psnr(pred.detach().clamp(0, 1), gt, mask)
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.log("train/psnr", psnr, prog_bar=True)
+        self.log("gaussians", float(self.gaussians.num_gaussians), prog_bar=True)
+        if info and any(info.get(k) for k in ("cloned", "split", "pruned")):
+            self.log_dict({f"density/{k}": float(v) for k, v in info.items() if isinstance(v, (int, float))})
+        return loss.detach()
+
+    def _set_means_lr(self, optimizer, step: int) -> None:
+        o = self.opt
+        lr = exp_lr(step, o.means_lr_init * float(self.extent), o.means_lr_final * float(self.extent), o.means_lr_max_steps)
+        for group in optimizer.param_groups:
+            if group.get("name") == "means":
+                group["lr"] = lr
+
+    def _training_background(self, device) -> torch.Tensor:
+        if self.background_mode == "random":
+            return torch.rand(3, generator=self.generator).to(device)
+        return self.scene_background.to(device)
+
+    # ---------------------------------------------------------------- evaluation
+    def on_validation_epoch_start(self) -> None:
+        self._eval_rows = []
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_rows = []
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch, split: str) -> None:
+        out = self.renderer(self.gaussians, batch.camera, self.scene_background.to(batch.image.device))
+        pred = out.colors[0].clamp(0, 1)
+        gt = batch.image.float() / 255.0
+        mask = batch.mask
+        row = {
+            "image": batch.name,
+            "psnr": float(metrics.psnr(pred, gt, mask)),
+            "ssim": float(metrics.ssim(pred, gt, mask)),
+        }
+        lpips = self._lpips_metric()
+        if lpips is not None:
+            row["lpips"] = lpips(pred if mask is None else pred * mask[..., None], gt if mask is None else gt * mask[..., None])
+        self._eval_rows.append(row)
+        if self.save_renders and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            folder = self._output_dir() / "renders" / f"{split}-step={self.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            stem = Path(batch.name).stem
+            save_png(pred, folder / f"{batch.index:05d}_{stem}_render.png")
+            save_png(gt, folder / f"{batch.index:05d}_{stem}_gt.png")
+
+    def _lpips_metric(self):
+        if not self.compute_lpips:
+            return None
+        if self._lpips is None:
+            self._lpips = metrics.LPIPS()
+            if not self._lpips.available:
+                self.print(f"LPIPS not computed: its backbone weights cannot be loaded here ({self._lpips.reason})")
+        return self._lpips if self._lpips.available else None
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test")
+
+    def _finish_evaluation(self, split: str) -> None:
+        rows = self._eval_rows
+        if not rows:
+            return
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim") + (("lpips",) if "lpips" in rows[0] else ())}
+        for k, v in mean.items():
+            self.log(f"{split}/{k}", v, prog_bar=(k == "psnr"), sync_dist=False, rank_zero_only=True)
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        folder = self._output_dir() / "metrics"
+        folder.mkdir(parents=True, exist_ok=True)
+        columns = ["image", "psnr", "ssim"] + (["lpips"] if "lpips" in rows[0] else [])
+        path = folder / f"{split}-step={self.global_step}.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(columns)
+            for r in rows + [{"image": "MEAN", **mean}]:
+                w.writerow([r["image"]] + [metrics.format_metric(r[c]) for c in columns[1:]])
+        lp = f", LPIPS {mean['lpips']:.4f}" if "lpips" in mean else (", LPIPS not computed" if self.compute_lpips else "")
+        self.print(f"[{split} step {self.global_step}] PSNR {mean['psnr']:.3f} dB, SSIM {mean['ssim']:.4f}{lp} "
+                   f"over {len(rows)} images -> {path}")
+        self.last_eval = {"split": split, "path": str(path), **mean}
+
+    def predict_step(self, batch, batch_idx):
+        out = self.renderer(self.gaussians, batch.camera, self.scene_background.to(batch.image.device))
+        folder = self._output_dir() / "predict"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_png(out.colors[0].clamp(0, 1), folder / f"{batch.index:05d}_{Path(batch.name).stem}.png")
+        return None
+
+    def _output_dir(self) -> Path:
+        return Path(self.trainer.default_root_dir)
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["gs_generator_state"] = self.generator.get_state()
+        checkpoint["gs_renderer"] = {"class_path": f"{type(self.renderer).__module__}.{type(self.renderer).__name__}",
+                                     "init_args": {"backend": self.renderer.backend, "near": self.renderer.near,
+                                                   "far": self.renderer.far}}
+        checkpoint["gs_density"] = {k: v for k, v in vars(self.density).items()
+                                    if not k.startswith("_") and isinstance(v, (int, float, bool))}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "gs_generator_state" in checkpoint:
+            self.generator.set_state(checkpoint["gs_generator_state"])
+
+
+def save_png(img: torch.Tensor, path: Path) -> None:
+    """(H,W,3) float in [0,1] -> 8-bit PNG."""
+    arr = (img.detach().float().cpu().clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+__all__ = ["GaussianSplatting", "OptimizationParams", "NonFiniteLossError", "save_png"]
