@@ -222,7 +222,7 @@ class GaussianSplatting(lightning.LightningModule):
             row["lpips"] = lpips(pred if mask is None else pred * mask[..., None], gt if mask is None else gt * mask[..., None])
         self._eval_rows.append(row)
         if self.save_renders and not self.trainer.sanity_checking and self.trainer.is_global_zero:
-            folder = self._output_dir() / "renders" / f"{split}-step={self.global_step}"
+            folder = self._output_dir() / "renders" / f"{split}-step={self._step()}"
             folder.mkdir(parents=True, exist_ok=True)
             stem = Path(batch.name).stem
             save_png(pred, folder / f"{batch.index:05d}_{stem}_render.png")
@@ -255,14 +255,14 @@ class GaussianSplatting(lightning.LightningModule):
         folder = self._output_dir() / "metrics"
         folder.mkdir(parents=True, exist_ok=True)
         columns = ["image", "psnr", "ssim"] + (["lpips"] if "lpips" in rows[0] else [])
-        path = folder / f"{split}-step={self.global_step}.csv"
+        path = folder / f"{split}-step={self._step()}.csv"
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(columns)
             for r in rows + [{"image": "MEAN", **mean}]:
                 w.writerow([r["image"]] + [metrics.format_metric(r[c]) for c in columns[1:]])
         lp = f", LPIPS {mean['lpips']:.4f}" if "lpips" in mean else (", LPIPS not computed" if self.compute_lpips else "")
-        self.print(f"[{split} step {self.global_step}] PSNR {mean['psnr']:.3f} dB, SSIM {mean['ssim']:.4f}{lp} "
+        self.print(f"[{split} step {self._step()}] PSNR {mean['psnr']:.3f} dB, SSIM {mean['ssim']:.4f}{lp} "
                    f"over {len(rows)} images -> {path}")
         self.last_eval = {"split": split, "path": str(path), **mean}
 
@@ -272,6 +272,12 @@ class GaussianSplatting(lightning.LightningModule):
         folder.mkdir(parents=True, exist_ok=True)
         save_png(out.colors[0].clamp(0, 1), folder / f"{batch.index:05d}_{Path(batch.name).stem}.png")
         return None
+
+    def _step(self) -> int:
+        """The training step the Gaussians come from (validate/test/predict read it from the checkpoint)."""
+        if self.trainer.state.fn == "fit":
+            return self.global_step
+        return getattr(self, "_checkpoint_step", self.global_step)
 
     def _output_dir(self) -> Path:
         return Path(self.trainer.default_root_dir)
@@ -286,6 +292,7 @@ class GaussianSplatting(lightning.LightningModule):
                                     if not k.startswith("_") and isinstance(v, (int, float, bool))}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._checkpoint_step = int(checkpoint.get("global_step", 0))
         if "gs_generator_state" in checkpoint:
             self.generator.set_state(checkpoint["gs_generator_state"])
 
