@@ -57,7 +57,6 @@ def main() -> None:
     print(f"  point cloud: {plys[-1] if plys else '(none)'}")
     print(f"  renders:     {renders[-1] if renders else '(none)'}")
     print(f"  metrics:     {tests[-1] if tests else '(none)'}")
-    print(f"  view it:     .venv/bin/python viewer.py {exp / 'checkpoints' / 'last.ckpt'} start")
 
 
 if __name__ == "__main__":
