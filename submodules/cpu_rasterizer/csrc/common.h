@@ -1,8 +1,10 @@
 // Shared constants and small helpers of the CPU rasterizer (docs/rasterizer.md is the contract).
+// No ATen here: the tile kernels that include this also build in a standalone benchmark.
 #pragma once
 
-#include <ATen/Parallel.h>
-#include <omp.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -16,31 +18,20 @@ namespace cpu_rasterizer {
 constexpr float kAlphaMin = static_cast<float>(1.0 / 255.0);
 constexpr float kAlphaMax = static_cast<float>(0.99);
 constexpr float kTMin = static_cast<float>(1e-4);
-constexpr int kTile = 16;  // the only tile size this backend implements: one 16-lane vector per row
+constexpr int kTile = 16;  // the only tile size this backend implements
 
-// Threads to use: torch's setting, so torch.set_num_threads (and DDP's one thread per process) governs us.
-inline int num_threads() { return std::max(1, at::get_num_threads()); }
-
-// Splits [0, n) into `parts` contiguous chunks; chunk k is [chunk_begin(k), chunk_begin(k+1)).
-inline int64_t chunk_begin(int64_t n, int parts, int k) { return n * k / parts; }
-
-// Runs f(begin, end) over [0, n) in parallel, in chunks of at least `grain` items (statically split).
-template <typename F>
-inline void parallel_range(int64_t n, int64_t grain, const F& f) {
-  if (n <= 0) return;
-  const int nt = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(1, n / std::max<int64_t>(1, grain))));
-  if (nt <= 1) {
-    f(int64_t(0), n);
-    return;
-  }
-#pragma omp parallel num_threads(nt)
-  {
-    const int k = omp_get_thread_num();
-    const int parts = omp_get_num_threads();
-    const int64_t b = chunk_begin(n, parts, k), e = chunk_begin(n, parts, k + 1);
-    if (b < e) f(b, e);
-  }
-}
+// Sets flush-to-zero and denormals-are-zero for the current thread while alive. The kernels compute
+// exp(power) for every lane of a row, and far from a Gaussian's centre its products underflow into
+// denormals, which some CPUs process with large penalties. Values below 1.2e-38 only ever feed
+// results that are then discarded (alpha < 1/255) or that are far below any tolerance, and the
+// forward and the backward run under the same mode, so their decisions stay identical.
+struct FlushDenormals {
+#if defined(__SSE__)
+  unsigned saved;
+  FlushDenormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
 
 struct Rect {
   int32_t x0, x1, y0, y1;

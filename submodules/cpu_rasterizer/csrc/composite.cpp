@@ -8,9 +8,8 @@
 //                (depth, index) order without a per-tile sort, and holds *ranks* in the depth-sorted
 //                array, so a tile walks the packed Gaussian parameters forwards in memory.
 //   2. pack:     the parameters each tile needs are copied into one contiguous record per rank.
-//   3. composite: OpenMP over tiles (dynamic schedule, longest lists first). Inside a tile the
-//                loop runs over the tile's Gaussians front to back and, for each, over the tile rows
-//                its ellipse can reach; a row of 16 pixels is one 16-lane vector (simd.h).
+//   3. composite: OpenMP over tiles (dynamic schedule, longest lists first); the per-tile kernels
+//                are in tile_kernels.h.
 // The backward replays each pixel back to front from its last contributor, recovering the
 // transmittance by division (T_i = T_{i+1} / (1 - alpha_i)), as in the 3DGS paper. A tile writes the
 // gradient of each of its Gaussians into that (tile, Gaussian) pair's own slot; a second pass sums
@@ -22,18 +21,16 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <type_traits>
 #include <vector>
 
-#include "common.h"
-#include "simd.h"
+#include "parallel.h"
+#include "tile_kernels.h"
 
 namespace cpu_rasterizer {
 namespace {
-
-constexpr int kMaxD = 32;  // feature channels handled by the generic (runtime-D) kernels
-constexpr int kHead = 8;   // floats per packed record before the features (see pack_gaussians)
 
 // Maps a float depth to an unsigned key with the same order (negative values flipped), so an
 // integer radix sort sorts depths. -0 becomes +0 (torch treats them as equal); NaN goes last, as in
@@ -185,278 +182,18 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
   return b;
 }
 
-// Half-extents (in pixels, x and y) of the region where a Gaussian can reach alpha >= 1/255, with
-// margins that cover float rounding; +inf when no safe bound exists (the tile loops then visit every
-// row, and the exact per-pixel tests decide). Used only to skip rows and tiles whose pixels would
-// all fail those tests anyway, so it changes speed, never results.
-//
-// alpha = min(0.99, o exp(P)) >= 1/255 needs P >= -tau, tau = ln(255 o). With Q the conic,
-// P = -d^T Q d / 2, so d lies in the ellipse d^T Q d <= 2 tau, whose half-extent in y is
-// sqrt(2 tau (Q^-1)_yy) = sqrt(2 tau a / det). The float evaluation of P errs by at most a few ulps
-// of a dx^2 + c dy^2 + 2|b dx dy| <= 2 (a dx^2 + c dy^2) <= 2 kappa d^T Q d (kappa = condition number
-// of Q), hence the relative widening of tau below; very ill-conditioned conics get no bound.
-inline void alpha_extent(float a, float b, float c, float opacity, float& ext_x, float& ext_y) {
-  const float inf = std::numeric_limits<float>::infinity();
-  ext_x = ext_y = inf;
-  if (!(opacity >= kAlphaMin)) {  // never reaches 1/255 (exp(P) <= 1), also catches NaN
-    ext_x = ext_y = -1.0f;
-    return;
-  }
-  const double da = a, db = b, dc = c;
-  const double det = da * dc - db * db;
-  if (!(da > 0.0 && dc > 0.0 && det > 0.0) || !std::isfinite(det)) return;
-  const double mid = 0.5 * (da + dc);
-  const double disc = std::sqrt(std::max(0.0, mid * mid - det));
-  const double lmax = mid + disc, lmin = det / lmax;
-  const double kappa = lmax / lmin;
-  if (!(kappa < 1e4)) return;
-  const double eps = 1.0 / (1 << 20);  // 16 ulps of float32, generous
-  const double tau = (std::log(255.0 * static_cast<double>(opacity)) + 1e-5) / (1.0 - 4.0 * eps * kappa);
-  const double ex = std::sqrt(2.0 * std::max(tau, 0.0) * dc / det) * (1.0 + 1e-4) + 1e-3;
-  const double ey = std::sqrt(2.0 * std::max(tau, 0.0) * da / det) * (1.0 + 1e-4) + 1e-3;
-  if (std::isfinite(ex) && std::isfinite(ey)) {
-    ext_x = static_cast<float>(ex);
-    ext_y = static_cast<float>(ey);
-  }
-}
-
-// Packed per-rank record: mx, my, conic a, b, c, opacity, ext_x, ext_y, then D features.
+// Packed records of the visible Gaussians in rank (depth) order; see pack_record.
 std::vector<float> pack_gaussians(const CameraInputs& in, const int32_t* vis_ids, int64_t V) {
   const int stride = kHead + in.D;
   std::vector<float> packed(static_cast<size_t>(V) * stride);
   parallel_range(V, 2048, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const int64_t n = vis_ids[r];
-      float* g = packed.data() + r * stride;
-      g[0] = in.means2d[2 * n];
-      g[1] = in.means2d[2 * n + 1];
-      g[2] = in.conics[3 * n];
-      g[3] = in.conics[3 * n + 1];
-      g[4] = in.conics[3 * n + 2];
-      g[5] = in.opacities[n];
-      alpha_extent(g[2], g[3], g[4], g[5], g[6], g[7]);
-      for (int d = 0; d < in.D; ++d) g[kHead + d] = in.features[n * in.D + d];
+      pack_record(packed.data() + r * stride, in.means2d + 2 * n, in.conics + 3 * n, in.opacities[n],
+                  in.features + n * in.D, in.D);
     }
   });
   return packed;
-}
-
-// The rows [r0, r1) of a tile (origin px0, py0; `rows` x `cols` pixels inside the image) that a
-// Gaussian's alpha extent reaches; empty when the extent misses the tile's columns.
-inline void row_range(const float* g, int px0, int py0, int cols, int rows, int& r0, int& r1) {
-  const double mx = g[0], my = g[1], ex = g[6], ey = g[7];
-  // Pixel centres are px0 + j + 0.5 (j < cols) and py0 + i + 0.5 (i < rows).
-  if (ey < 0.0 || !(mx + ex >= px0 + 0.5) || !(mx - ex <= px0 + cols - 0.5)) {
-    r0 = r1 = 0;
-    return;
-  }
-  const double lo = std::ceil(my - ey - py0 - 0.5), hi = std::floor(my + ey - py0 - 0.5) + 1.0;
-  r0 = static_cast<int>(std::max(0.0, std::min<double>(rows, lo)));
-  r1 = static_cast<int>(std::max<double>(r0, std::min<double>(rows, hi)));
-}
-
-// The vector part shared by forward and backward: power and alpha of one Gaussian on one row.
-// Forward and backward must take bit-identical decisions (skip / include / stop), so both call
-// this one function; its float operations mirror the reference (reference._composite_batch):
-//   power = -0.5 * (a*dx*dx + c*dy*dy) - b*dx*dy, alpha = min(0.99, o*exp(power)).
-struct RowEval {
-  vf dx;
-  float dy;
-  vf power, e, raw, alpha;  // raw = o*exp(power) before the 0.99 clamp
-};
-
-inline RowEval eval_row(const float* g, const vf& pxv, float py) {
-  RowEval r;
-  const float a = g[2], b = g[3], c = g[4], o = g[5];
-  r.dx = g[0] - pxv;
-  r.dy = g[1] - py;
-  const float cyy = (c * r.dy) * r.dy;
-  r.power = -0.5f * ((a * r.dx) * r.dx + cyy) - (b * r.dx) * r.dy;
-  r.e = vexp(r.power);
-  r.raw = o * r.e;
-  r.alpha = vmin(r.raw, vsplat(kAlphaMax));
-  return r;
-}
-
-inline vf lane_centres(int px0) {
-  vf v;
-  for (int j = 0; j < kLanes; ++j) v[j] = static_cast<float>(px0 + j) + 0.5f;
-  return v;
-}
-inline vi lane_index() {
-  vi v;
-  for (int j = 0; j < kLanes; ++j) v[j] = j;
-  return v;
-}
-
-struct TileGeometry {
-  int px0, py0, cols, rows;  // origin and the part inside the image
-};
-
-inline TileGeometry tile_geometry(int64_t t, int tiles_x, int W, int H) {
-  TileGeometry tg;
-  tg.px0 = static_cast<int>(t % tiles_x) * kTile;
-  tg.py0 = static_cast<int>(t / tiles_x) * kTile;
-  tg.cols = std::min(kTile, W - tg.px0);
-  tg.rows = std::min(kTile, H - tg.py0);
-  return tg;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Forward of one tile. DC > 0: compile-time channel count; DC == 0: runtime D <= kMaxD.
-template <int DC>
-void forward_tile(const float* packed, int D, const int32_t* list, int64_t count, const TileGeometry& tg, int W,
-                  float* render, float* alpha_out, int32_t* last_out, float* tfinal_out) {
-  constexpr int DS = DC > 0 ? DC : kMaxD;
-  const int nd = DC > 0 ? DC : D;
-  const int stride = kHead + nd;
-  vf T[kTile], acc[kTile][DS];
-  vi last[kTile], active[kTile];
-  bool live[kTile];
-  const vf pxv = lane_centres(tg.px0);
-  const vi lane_ok = lane_index() < tg.cols;
-  int live_rows = tg.rows;
-  for (int i = 0; i < kTile; ++i) {
-    T[i] = vsplat(1.0f);
-    for (int d = 0; d < nd; ++d) acc[i][d] = vsplat(0.0f);
-    last[i] = isplat(0);
-    active[i] = lane_ok;
-    live[i] = i < tg.rows;
-  }
-  for (int64_t j = 0; j < count && live_rows > 0; ++j) {
-    const float* g = packed + static_cast<int64_t>(list[j]) * stride;
-    int r0, r1;
-    row_range(g, tg.px0, tg.py0, tg.cols, tg.rows, r0, r1);
-    const vi next = isplat(static_cast<int32_t>(j + 1));
-    for (int i = r0; i < r1; ++i) {
-      if (!live[i]) continue;
-      const RowEval ev = eval_row(g, pxv, static_cast<float>(tg.py0 + i) + 0.5f);
-      const vi keep = active[i] & (ev.power <= 0.0f) & (ev.alpha >= kAlphaMin);
-      if (!any(keep)) continue;
-      const vf t_next = T[i] * (1.0f - ev.alpha);
-      const vi stop = keep & (t_next < kTMin);  // this Gaussian and all later ones are left out
-      const vi take = keep & ~stop;
-      const vf w = ev.alpha * T[i];
-      for (int d = 0; d < nd; ++d) acc[i][d] += vselect(take, g[kHead + d] * w, vsplat(0.0f));
-      T[i] = vselect(take, t_next, T[i]);
-      last[i] = iselect(take, next, last[i]);
-      if (any(stop)) {
-        active[i] &= ~stop;
-        if (!any(active[i])) {
-          live[i] = false;
-          --live_rows;
-        }
-      }
-    }
-  }
-  for (int i = 0; i < tg.rows; ++i) {
-    const int64_t row = int64_t(tg.py0 + i) * W + tg.px0;
-    for (int jx = 0; jx < tg.cols; ++jx) {
-      const int64_t p = row + jx;
-      for (int d = 0; d < nd; ++d) render[p * nd + d] = acc[i][d][jx];
-      alpha_out[p] = 1.0f - T[i][jx];
-      tfinal_out[p] = T[i][jx];
-      last_out[p] = last[i][jx];
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Backward of one tile: per pixel, back to front from its last contributor.
-//
-// With T_i the transmittance before Gaussian i, the output colour is C = sum_i f_i a_i T_i and
-// alpha = 1 - T_F. For an included Gaussian i (derivation from these sums):
-//   dL/da_i = T_i (g.f_i - G_i) + g_alpha T_F / (1 - a_i),
-//   G_i = g . sum_{j>i} f_j a_j prod_{i<k<j} (1 - a_k), which obeys G_{i-1} = a_i g.f_i + (1 - a_i) G_i,
-// so one running scalar per pixel carries every channel. Then through a = min(0.99, o exp(P)):
-// dP = dL/da * a and dL/do = dL/da * exp(P) where the clamp is inactive (zero where it is, as for
-// torch.clamp), and through P to the mean (dx = mx - px) and the conic.
-//
-// Each Gaussian's gradient over the tile goes to its slot: slots[j * (6 + D) + ...] =
-// (d mx, d my, d a, d b, d c, d o, d f_0 .. d f_{D-1}).
-template <int DC>
-void backward_tile(const float* packed, int D, const int32_t* list, int64_t count, const TileGeometry& tg, int W,
-                   const float* g_render, const float* g_alpha, const int32_t* last_in, const float* tfinal_in,
-                   float* slots) {
-  constexpr int DS = DC > 0 ? DC : kMaxD;
-  const int nd = DC > 0 ? DC : D;
-  const int stride = kHead + nd;
-  const int sstride = 6 + nd;
-  vf T[kTile], G[kTile], gaTF[kTile], gr[kTile][DS];
-  vi last[kTile];
-  int row_max[kTile];
-  const vf pxv = lane_centres(tg.px0);
-  int tile_max = 0;
-  for (int i = 0; i < kTile; ++i) {
-    T[i] = vsplat(1.0f);
-    G[i] = vsplat(0.0f);
-    gaTF[i] = vsplat(0.0f);
-    last[i] = isplat(0);
-    for (int d = 0; d < nd; ++d) gr[i][d] = vsplat(0.0f);
-    row_max[i] = 0;
-    if (i >= tg.rows) continue;
-    const int64_t row = int64_t(tg.py0 + i) * W + tg.px0;
-    for (int jx = 0; jx < tg.cols; ++jx) {
-      const int64_t p = row + jx;
-      T[i][jx] = tfinal_in[p];
-      gaTF[i][jx] = g_alpha[p] * tfinal_in[p];
-      last[i][jx] = last_in[p];
-      for (int d = 0; d < nd; ++d) gr[i][d][jx] = g_render[p * nd + d];
-    }
-    row_max[i] = reduce_max(last[i]);
-    tile_max = std::max(tile_max, row_max[i]);
-  }
-  // Gaussians after the last contributor of every pixel get no gradient from this tile.
-  std::fill(slots + static_cast<int64_t>(tile_max) * sstride, slots + count * sstride, 0.0f);
-  const vf zero = vsplat(0.0f);
-  for (int64_t j = tile_max - 1; j >= 0; --j) {
-    const float* g = packed + static_cast<int64_t>(list[j]) * stride;
-    float* out = slots + j * sstride;
-    int r0, r1;
-    row_range(g, tg.px0, tg.py0, tg.cols, tg.rows, r0, r1);
-    const float ca = g[2], cb = g[3], cc = g[4];
-    const vi jv = isplat(static_cast<int32_t>(j));
-    vf s_mx = zero, s_my = zero, s_a = zero, s_b = zero, s_c = zero, s_o = zero, s_f[DS];
-    for (int d = 0; d < nd; ++d) s_f[d] = zero;
-    bool touched = false;
-    for (int i = r0; i < r1; ++i) {
-      if (j >= row_max[i]) continue;
-      const RowEval ev = eval_row(g, pxv, static_cast<float>(tg.py0 + i) + 0.5f);
-      const vi inc = (last[i] > jv) & (ev.power <= 0.0f) & (ev.alpha >= kAlphaMin);
-      if (!any(inc)) continue;
-      touched = true;
-      const vf om = 1.0f - ev.alpha;
-      const vf inv = 1.0f / om;
-      const vf Ti = T[i] * inv;  // transmittance before this Gaussian
-      vf gf = gr[i][0] * g[kHead];
-      for (int d = 1; d < nd; ++d) gf += gr[i][d] * g[kHead + d];
-      const vf dal = Ti * (gf - G[i]) + gaTF[i] * inv;
-      const vi unclamped = inc & (ev.raw <= kAlphaMax);
-      const vf dP = vselect(unclamped, dal * ev.alpha, zero);
-      s_o += vselect(unclamped, dal * ev.e, zero);
-      const vf dxdy = ev.dx * ev.dy;
-      s_mx += dP * (-(ca * ev.dx) - cb * ev.dy);
-      s_my += dP * (-(cc * ev.dy) - cb * ev.dx);
-      s_a += dP * (-0.5f * (ev.dx * ev.dx));
-      s_b += dP * (-dxdy);
-      s_c += dP * (-0.5f * (ev.dy * ev.dy));
-      const vf w = vselect(inc, ev.alpha * Ti, zero);
-      for (int d = 0; d < nd; ++d) s_f[d] += gr[i][d] * w;
-      G[i] = vselect(inc, ev.alpha * gf + om * G[i], G[i]);
-      T[i] = vselect(inc, Ti, T[i]);
-    }
-    if (!touched) {
-      std::fill(out, out + sstride, 0.0f);
-      continue;
-    }
-    out[0] = reduce_add(s_mx);
-    out[1] = reduce_add(s_my);
-    out[2] = reduce_add(s_a);
-    out[3] = reduce_add(s_b);
-    out[4] = reduce_add(s_c);
-    out[5] = reduce_add(s_o);
-    for (int d = 0; d < nd; ++d) out[6 + d] = reduce_add(s_f[d]);
-  }
 }
 
 // Tiles with work, longest lists first: with a dynamic schedule the long tiles start early and the
@@ -472,12 +209,20 @@ std::vector<int64_t> tile_order(const int64_t* offsets, int64_t n_tiles) {
   return order;
 }
 
-template <typename F>
+// Runs f(kernel, tile) over the tiles in `order`, OpenMP-parallel with a dynamic schedule. Each thread
+// allocates one Kernel (the per-tile scratch state, tens of kB) and reuses it for all its tiles.
+template <typename Kernel, typename F>
 void for_each_tile(const std::vector<int64_t>& order, const F& f) {
   const int64_t n = static_cast<int64_t>(order.size());
-  const int nt = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(1, n)));
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t k = 0; k < n; ++k) f(order[k]);
+  if (n == 0) return;
+  const int nt = static_cast<int>(std::min<int64_t>(num_threads(), n));
+#pragma omp parallel num_threads(nt)
+  {
+    FlushDenormals ftz;  // per thread, restored when the region ends
+    std::unique_ptr<Kernel> kernel(new Kernel);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t k = 0; k < n; ++k) f(*kernel, order[k]);
+  }
 }
 
 CameraInputs camera_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& features,
@@ -564,9 +309,9 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& means2d, const at::T
     const std::vector<int64_t> order = tile_order(offsets, n_tiles);
     dispatch_channels(D, [&](auto dc) {
       constexpr int DC = decltype(dc)::value;
-      for_each_tile(order, [&](int64_t t) {
+      for_each_tile<ForwardTile<DC>>(order, [&](ForwardTile<DC>& kernel, int64_t t) {
         const TileGeometry tg = tile_geometry(t, tiles_x, W, H);
-        forward_tile<DC>(packed.data(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, r_c, a_c, l_c,
+        kernel.run(packed.data(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, r_c, a_c, l_c,
                          t_c);
       });
     });
@@ -627,9 +372,9 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
     const std::vector<int64_t> order = tile_order(offsets, n_tiles);
     dispatch_channels(D, [&](auto dc) {
       constexpr int DC = decltype(dc)::value;
-      for_each_tile(order, [&](int64_t t) {
+      for_each_tile<BackwardTile<DC>>(order, [&](BackwardTile<DC>& kernel, int64_t t) {
         const TileGeometry tg = tile_geometry(t, tiles_x, W, H);
-        backward_tile<DC>(packed.data(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, gr_c, ga_c, l_c,
+        kernel.run(packed.data(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, gr_c, ga_c, l_c,
                           t_c, slots.data() + offsets[t] * sstride);
       });
     });

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common.h"
+#include "parallel.h"
 
 namespace cpu_rasterizer {
 namespace {

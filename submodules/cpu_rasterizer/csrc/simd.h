@@ -1,105 +1,199 @@
-// Portable 16-lane float/int vectors (GCC/Clang vector extensions) and the few operations the
-// compositing kernels need.
+// Portable float/int vectors (GCC/Clang vector extensions) of 8 and 16 lanes, and the few operations
+// the compositing kernels need.
 //
-// Why vector extensions and not intrinsics: a 16x16 tile row is exactly 16 pixels, so one 16-lane
-// vector holds a whole row. With -march=native on an AVX-512 machine each vf is one zmm register;
-// on an AVX2 machine the compiler splits it into two ymm halves, on SSE into four; the source stays
-// the same. Only the horizontal helpers (any / reduce) use intrinsics when AVX-512 is available,
-// because the generic lane loop compiles to poor code there.
+// A 16x16 tile row is 16 pixels: one 16-lane vector, or two 8-lane halves. The kernels pick per
+// Gaussian and row: a half when the Gaussian's footprint on that row lies in one half, the whole row
+// otherwise. With -march=native the compiler maps vf16 to one zmm register on AVX-512 machines (two
+// ymm on AVX2), vf8 to one ymm; the source stays the same. Intrinsics appear only where the generic
+// form compiles poorly (mask tests) or for an explicit fused multiply-add.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX__) || defined(__FMA__)
 #include <immintrin.h>
 #endif
 
 namespace cpu_rasterizer {
 
-constexpr int kLanes = 16;
-typedef float vf __attribute__((vector_size(64), aligned(64)));
-typedef int32_t vi __attribute__((vector_size(64), aligned(64)));
+typedef float vf16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+typedef float vf8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+typedef float vf4 __attribute__((vector_size(16)));
 
-static inline vf vsplat(float x) { return vf{} + x; }
-static inline vi isplat(int32_t x) { return vi{} + x; }
+template <typename V>
+struct VecTraits;
+template <>
+struct VecTraits<vf16> {
+  typedef vi16 I;
+  static constexpr int lanes = 16;
+};
+template <>
+struct VecTraits<vf8> {
+  typedef vi8 I;
+  static constexpr int lanes = 8;
+};
 
-// Lane-wise select: m holds all-ones (true) or zero (false) lanes, as produced by vector comparisons.
-static inline vf vselect(vi m, vf a, vf b) { return m ? a : b; }
-static inline vi iselect(vi m, vi a, vi b) { return m ? a : b; }
-static inline vf vmin(vf a, vf b) { return a < b ? a : b; }
-static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
-static inline vi as_int(vf a) {
-  vi r;
+template <typename V>
+static inline V splat(float x) {
+  return V{} + x;
+}
+template <typename I>
+static inline I isplat(int32_t x) {
+  return I{} + x;
+}
+
+// Unaligned-safe loads and stores (they compile to plain vector moves).
+template <typename V, typename T>
+static inline V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename T>
+static inline void store(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+// Lane-wise select: m holds all-ones (true) or zero (false) lanes, as vector comparisons produce.
+template <typename V, typename I>
+static inline V select(I m, V a, V b) {
+  return m ? a : b;
+}
+template <typename V>
+static inline V vmin(V a, V b) {
+  return a < b ? a : b;
+}
+template <typename V>
+static inline V vmax(V a, V b) {
+  return a > b ? a : b;
+}
+template <typename I, typename V>
+static inline I as_int(V a) {
+  I r;
   std::memcpy(&r, &a, sizeof(r));
   return r;
 }
-static inline vf as_float(vi a) {
-  vf r;
+template <typename V, typename I>
+static inline V as_float(I a) {
+  V r;
   std::memcpy(&r, &a, sizeof(r));
   return r;
 }
 
 // True when any lane of the mask is set.
-static inline bool any(vi m) {
+static inline bool any(vi16 m) {
 #if defined(__AVX512F__)
-  __m512i x;
-  std::memcpy(&x, &m, sizeof(x));
+  const __m512i x = (__m512i)m;
   return _mm512_test_epi32_mask(x, x) != 0;
 #else
+  const vi8 lo = __builtin_shufflevector(m, m, 0, 1, 2, 3, 4, 5, 6, 7);
+  const vi8 hi = __builtin_shufflevector(m, m, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vi8 o = lo | hi;
   int32_t acc = 0;
-  for (int i = 0; i < kLanes; ++i) acc |= m[i];
+  for (int i = 0; i < 8; ++i) acc |= o[i];
+  return acc != 0;
+#endif
+}
+static inline bool any(vi8 m) {
+#if defined(__AVX__)
+  const __m256i x = (__m256i)m;
+  return !_mm256_testz_si256(x, x);
+#else
+  int32_t acc = 0;
+  for (int i = 0; i < 8; ++i) acc |= m[i];
   return acc != 0;
 #endif
 }
 
-// Sum of the 16 lanes as a fixed pairwise tree (lane i with i+8, then i+4, i+2, i+1), so results are
-// deterministic for a given build. Written with shuffles the compiler maps to the target's
-// extract/add instructions (GCC 12's AVX-512 extract intrinsics warn spuriously).
-typedef float vf8 __attribute__((vector_size(32)));
-typedef float vf4 __attribute__((vector_size(16)));
-static inline float reduce_add(vf v) {
-  const vf8 s8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const vf4 s4 = __builtin_shufflevector(s8, s8, 0, 1, 2, 3) + __builtin_shufflevector(s8, s8, 4, 5, 6, 7);
+// a * b + c with a single rounding where the target has FMA (used inside exp only, where it is
+// both faster and more accurate; the compositing arithmetic that mirrors torch never fuses).
+static inline vf16 fma(vf16 a, vf16 b, vf16 c) {
+#if defined(__AVX512F__)
+  return (vf16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
+  const vf8 lo = (vf8)_mm256_fmadd_ps((__m256)__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7),
+                                      (__m256)__builtin_shufflevector(b, b, 0, 1, 2, 3, 4, 5, 6, 7),
+                                      (__m256)__builtin_shufflevector(c, c, 0, 1, 2, 3, 4, 5, 6, 7));
+  const vf8 hi = (vf8)_mm256_fmadd_ps((__m256)__builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15),
+                                      (__m256)__builtin_shufflevector(b, b, 8, 9, 10, 11, 12, 13, 14, 15),
+                                      (__m256)__builtin_shufflevector(c, c, 8, 9, 10, 11, 12, 13, 14, 15));
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+  return a * b + c;
+#endif
+}
+static inline vf8 fma(vf8 a, vf8 b, vf8 c) {
+#if defined(__FMA__)
+  return (vf8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  return a * b + c;
+#endif
+}
+
+static inline vf16 vsqrt(vf16 x) {
+#if defined(__AVX512F__)
+// GCC 12's _mm512_sqrt_ps reads an "undefined" register and warns spuriously about it.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+  return (vf16)_mm512_sqrt_ps((__m512)x);
+#pragma GCC diagnostic pop
+#else
+  vf16 r;
+  for (int i = 0; i < 16; ++i) r[i] = __builtin_sqrtf(x[i]);
+  return r;
+#endif
+}
+
+// Bit i set where lane i of the mask is set.
+static inline uint32_t bitmask(vi16 m) {
+#if defined(__AVX512F__)
+  const __m512i x = (__m512i)m;
+  return _mm512_test_epi32_mask(x, x);
+#else
+  uint32_t b = 0;
+  for (int i = 0; i < 16; ++i) b |= static_cast<uint32_t>(m[i] != 0) << i;
+  return b;
+#endif
+}
+
+// Sum of the lanes as a fixed pairwise tree, so results are deterministic for a given build.
+static inline float reduce_add(vf8 v) {
+  const vf4 s4 = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
   const float a = s4[0] + s4[2], b = s4[1] + s4[3];
   return a + b;
 }
 
-static inline int32_t reduce_max(vi v) {
-  int32_t m = v[0];
-  for (int i = 1; i < kLanes; ++i) m = v[i] > m ? v[i] : m;
-  return m;
-}
-
-// exp(x) for float lanes, about 1 ulp over [-87.3, 88] (clamped to 88 above, 0 below).
+// exp(x) for x <= 0, about 1 ulp; inputs below -87.3 give a tiny positive number instead of 0.
 //
-// The kernels only need exp of a Gaussian's (non-positive) power, and a result below 1/255 is
-// discarded, so underflow to 0 below -87.3 is harmless. Method: x = n ln2 + r with n an integer and
-// |r| <= ln2/2 (two-constant Cody-Waite split so n*ln2 is exact), exp(r) = 1 + r + r^2 q(r) with q a
-// degree-4 polynomial fitted (least squares, relative error) for this project, then scale by 2^n by
-// building the exponent bits. exp(0) is exactly 1 and exp(x) <= 1 for x <= 0, as for a correctly
-// rounded exp; torch's own float exp is a 1-ulp vector routine too, so both sides agree to rounding.
-static inline vf vexp(vf x) {
+// The kernels need exp of a Gaussian's power only where it is <= 0, and discard every result below
+// 1/255 (an opacity above 1e35 aside), so the domain is clamped to [-87.3, 0] and no special cases
+// are needed: for x > 0 the result is 1 and never used. Method: x = n ln2 + r with |r| <= ln2/2
+// (n ln2 split in two constants so that n * kLn2Hi is exact), exp(r) = 1 + r + r^2 q(r) with q a
+// degree-4 polynomial fitted (least squares, relative error) for this project, then scaled by 2^n by
+// building the exponent bits. exp(0) is exactly 1 and results are <= 1, as for a correctly rounded
+// exp; torch's float exp is a 1-ulp vector routine too, so both sides agree to rounding.
+template <typename V>
+static inline V vexp(V x) {
+  typedef typename VecTraits<V>::I I;
   const float kLog2e = 1.44269504088896341f;
-  const float kLn2Hi = 0.693359375f;  // 9 significant bits: n * kLn2Hi is exact for |n| <= 2^14
+  const float kLn2Hi = 0.693359375f;
   const float kLn2Lo = -2.12194440e-4f;
   const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
-  const vi under = x < -87.33654f;
-  x = vmin(vmax(x, vsplat(-87.33654f)), vsplat(88.0f));  // 88: 2^n stays finite
-  const vf t = x * kLog2e + kRound;
-  const vf n = t - kRound;
-  const vi ni = as_int(t) - as_int(vsplat(kRound));
-  vf r = x - n * kLn2Hi;
-  r = r - n * kLn2Lo;
-  vf q = vsplat(0.00137514085508883f);
-  q = q * r + 0.008368918672204018f;
-  q = q * r + 0.04166953265666962f;
-  q = q * r + 0.166665181517601f;
-  q = q * r + 0.49999988079071045f;
-  const vf p = 1.0f + (r + (r * r) * q);
-  const vf scale = as_float((ni + 127) << 23);
-  return vselect(under, vsplat(0.0f), p * scale);
+  x = vmin(vmax(x, splat<V>(-87.3f)), splat<V>(0.0f));
+  const V t = fma(x, splat<V>(kLog2e), splat<V>(kRound));
+  const V n = t - kRound;
+  const I ni = as_int<I>(t) - as_int<I>(splat<V>(kRound));
+  V r = fma(n, splat<V>(-kLn2Hi), x);
+  r = fma(n, splat<V>(-kLn2Lo), r);
+  V q = fma(splat<V>(0.00137514085508883f), r, splat<V>(0.008368918672204018f));
+  q = fma(q, r, splat<V>(0.04166953265666962f));
+  q = fma(q, r, splat<V>(0.166665181517601f));
+  q = fma(q, r, splat<V>(0.49999988079071045f));
+  const V p = fma(r * r, q, r) + 1.0f;
+  return p * as_float<V>((ni + 127) << 23);
 }
 
 }  // namespace cpu_rasterizer

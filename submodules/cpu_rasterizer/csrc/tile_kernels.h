@@ -1,0 +1,432 @@
+// The per-tile compositing kernels of stage 2 (docs/rasterizer.md), forward and backward.
+//
+// A 16x16 tile is 32 *units* of 8 pixels (each row is two halves; unit u = 16 h + i is half h of
+// row i). The tile's depth-ordered Gaussian list is processed in batches. For each Gaussian of a
+// batch, one vector computation over the tile's 16 rows gives the set of units its footprint (the
+// pixels where its alpha can reach 1/255) touches, as a 32-bit mask; from those masks every unit
+// gets the list of the batch's Gaussians it must composite. Each unit then walks its own list with
+// its state (transmittance, accumulated features, last contributor) in registers. A Gaussian left
+// out of a unit's list provably has alpha < 1/255 on all its pixels, which the exact per-pixel test
+// would reject anyway: the footprints change speed, never results.
+//
+// Everything here is plain C++ on raw pointers (no ATen), so it also builds in a standalone benchmark.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "common.h"
+#include "simd.h"
+
+namespace cpu_rasterizer {
+
+constexpr int kMaxD = 32;    // feature channels handled by the generic (runtime-D) kernels
+constexpr int kHead = 12;    // floats per packed record before the features (see pack_record)
+constexpr int kUnits = 32;   // 8-pixel units per tile
+constexpr int kBatch = 128;  // Gaussians per batch: unit lists and backward sums stay in L1/L2
+
+// ---------------------------------------------------------------------------------------------
+// Packed record of one visible Gaussian, computed once per camera:
+//   [0..5]  mx, my, conic a, b, c, opacity (as given)
+//   [6]     ey: half-height of the footprint in pixels; < 0: never reaches 1/255; +inf: unbounded
+//   [7..10] k2ta, det, 1/a, b/a: the footprint's row equation (below); k2ta = +inf: unbounded
+//   [12..]  the D features
+//
+// Footprint. alpha = min(0.99, o exp(P)) >= 1/255 needs P >= -tau, tau = ln(255 o). With
+// Q = [[a, b], [b, c]] and d = mean - pixel, P = -d^T Q d / 2, so the pixel lies in the ellipse
+// d^T Q d <= 2 tau: rows |dy| <= sqrt(2 tau a / det), and on a row, dx = mx - px within
+// (-b dy +- sqrt(2 tau a - det dy^2)) / a. The float evaluation of P errs by a few ulps of
+// a dx^2 + c dy^2 + 2|b dx dy| <= 2 kappa d^T Q d (kappa: condition number of Q), which widening tau
+// relatively (and absolutely, for exp's own rounding) covers; 2 tau a is widened by a further 1e-5
+// for the float32 row arithmetic in unit_mask. Ill-conditioned or indefinite conics get no bound
+// (every pixel of the tile is evaluated).
+inline void pack_record(float* g, const float* mean2d, const float* conic, float opacity, const float* features,
+                        int D) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float a = conic[0], b = conic[1], c = conic[2];
+  g[0] = mean2d[0];
+  g[1] = mean2d[1];
+  g[2] = a;
+  g[3] = b;
+  g[4] = c;
+  g[5] = opacity;
+  g[6] = inf;
+  g[7] = inf;
+  g[8] = g[9] = g[10] = g[11] = 0.0f;
+  for (int d = 0; d < D; ++d) g[kHead + d] = features[d];
+  if (!(opacity >= kAlphaMin)) {  // exp(P) <= 1: alpha < 1/255 everywhere (also catches NaN)
+    g[6] = -1.0f;
+    return;
+  }
+  const double da = a, db = b, dc = c;
+  const double det = da * dc - db * db;
+  if (!(da > 0.0 && dc > 0.0 && det > 0.0) || !std::isfinite(det)) return;
+  const double mid = 0.5 * (da + dc);
+  const double lmax = mid + std::sqrt(std::max(0.0, mid * mid - det)), lmin = det / lmax;
+  const double kappa = lmax / lmin;
+  if (!(kappa < 1e4)) return;
+  const double eps = 1.0 / (1 << 20);  // 16 ulps of float32, generous
+  const double tau = (std::log(255.0 * static_cast<double>(opacity)) + 1e-5) / (1.0 - 4.0 * eps * kappa);
+  const double two_tau = 2.0 * std::max(tau, 0.0) * (1.0 + 1e-6);
+  const double ey = std::sqrt(two_tau * da / det) * (1.0 + 1e-4) + 1e-3;
+  if (!std::isfinite(ey) || !(ey < 1e7)) return;
+  g[6] = static_cast<float>(ey);
+  g[7] = static_cast<float>(two_tau * da * (1.0 + 1e-5));
+  g[8] = static_cast<float>(det);
+  g[9] = static_cast<float>(1.0 / da);
+  g[10] = static_cast<float>(db / da);
+}
+
+struct TileGeometry {
+  int px0, py0, cols, rows;  // origin and the part inside the image
+};
+
+inline TileGeometry tile_geometry(int64_t t, int tiles_x, int W, int H) {
+  TileGeometry tg;
+  tg.px0 = static_cast<int>(t % tiles_x) * kTile;
+  tg.py0 = static_cast<int>(t / tiles_x) * kTile;
+  tg.cols = std::min(kTile, W - tg.px0);
+  tg.rows = std::min(kTile, H - tg.py0);
+  return tg;
+}
+
+// The units of the tile that a Gaussian's footprint touches (bit u for unit u = 16 h + i).
+// Computed for the 16 rows at once, without branches per row: a per-row square root feeding
+// per-row branches would stall the core on every misprediction.
+inline uint32_t unit_mask(const float* g, const TileGeometry& tg) {
+  const double ey = g[6];
+  if (ey < 0.0) return 0;
+  const double my = g[1];
+  const double lo = std::ceil(my - ey - tg.py0 - 0.5), hi = std::floor(my + ey - tg.py0 - 0.5) + 1.0;
+  const int r0 = static_cast<int>(std::max(0.0, std::min<double>(tg.rows, lo)));
+  const int r1 = static_cast<int>(std::max<double>(r0, std::min<double>(tg.rows, hi)));
+  if (r0 >= r1) return 0;
+  const uint32_t rows = ((1u << r1) - 1u) & ~((1u << r0) - 1u);
+  const int last_col = tg.cols - 1;
+  uint32_t in0 = rows, in1 = tg.cols > 8 ? rows : 0u;
+  if (std::isfinite(g[7])) {
+    // Row i: dy = my - (py0 + i + 0.5) in float32, as the kernels compute it. On the row the pixel
+    // centres px0 + j + 0.5 reached are those with j in [m - s, m + s], s = sqrt(2 tau a - det dy^2) / a,
+    // m = mx - px0 - 0.5 + (b/a) dy. The float32 arithmetic errs by ~1e-7 of its terms; the range is
+    // widened by 1e-3 px + 1e-6 relative (and 2 tau a by 1e-5 at packing).
+    const float cx = static_cast<float>(static_cast<double>(g[0]) - (tg.px0 + 0.5));
+    vf16 py;
+    for (int i = 0; i < kTile; ++i) py[i] = static_cast<float>(tg.py0 + i) + 0.5f;
+    const vf16 dy = g[1] - py;
+    const vf16 disc = g[7] - g[8] * (dy * dy);
+    const vf16 s = vsqrt(vmax(disc, splat<vf16>(0.0f))) * g[9];
+    const vf16 m = cx + g[10] * dy;
+    const vf16 slack = 1e-3f + 1e-6f * (vmax(m, -m) + s);
+    const vf16 lo_j = m - s - slack, hi_j = m + s + slack;
+    const vi16 ok = disc >= 0.0f;
+    // A half [j_a, j_b] is touched when the interval overlaps it (conservative by < 1 px at most).
+    in0 &= bitmask(ok & (lo_j <= static_cast<float>(std::min(7, last_col))) & (hi_j >= 0.0f));
+    in1 &= bitmask(ok & (lo_j <= static_cast<float>(last_col)) & (hi_j >= 8.0f));
+  }
+  return in0 | (in1 << 16);
+}
+
+// One Gaussian of the current batch, as the unit loops read it.
+struct BatchGauss {
+  float mx, my, a, b, c, o;
+  int32_t index;      // position in the tile list
+  const float* feat;  // D features
+};
+
+// Unit lists of a batch: lists[u][0 .. lens[u]) are the batch positions k (ascending) whose mask
+// has bit u. Row kUnits is a spare, always empty.
+struct UnitLists {
+  alignas(64) int32_t lists[kUnits + 1][kBatch + 16];
+  int lens[kUnits + 1];
+
+  void build(const uint32_t* masks, int nb) {
+#if defined(__AVX512F__)
+    alignas(64) uint32_t m[kBatch];
+    std::memcpy(m, masks, sizeof(uint32_t) * nb);
+    std::fill(m + nb, m + ((nb + 15) & ~15), 0u);
+    for (int u = 0; u < kUnits; ++u) {
+      const __m512i bit = _mm512_set1_epi32(static_cast<int>(1u << u));
+      int len = 0;
+      for (int k0 = 0; k0 < nb; k0 += 16) {
+        const __mmask16 hit = _mm512_test_epi32_mask(_mm512_load_si512(m + k0), bit);
+        const __m512i ks = _mm512_add_epi32(_mm512_set1_epi32(k0),
+                                            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
+        // Compress in a register, then a full store (compress-to-memory is microcoded and slow on
+        // some CPUs); the 16 spare entries per list absorb the overhang.
+        _mm512_storeu_si512(lists[u] + len, _mm512_maskz_compress_epi32(hit, ks));
+        len += __builtin_popcount(hit);
+      }
+      lens[u] = len;
+    }
+#else
+    std::fill(lens, lens + kUnits, 0);
+    for (int k = 0; k < nb; ++k)
+      for (uint32_t b = masks[k]; b != 0; b &= b - 1) {
+        const int u = __builtin_ctz(b);
+        lists[u][lens[u]++] = k;
+      }
+#endif
+    lens[kUnits] = 0;
+  }
+};
+
+// Power and alpha of Gaussian G on the 8 pixels at (px, py). Forward and backward must take
+// bit-identical decisions (skip / include / stop), so both use this one function. The float
+// operations mirror reference._composite_batch: power = -0.5 * (a*dx*dx + c*dy*dy) - b*dx*dy,
+// alpha = min(0.99, o * exp(power)), with dx = mx - px, dy = my - py.
+struct Eval {
+  vf8 dx, power, e, raw, alpha;  // raw = o*exp(power) before the 0.99 clamp
+  float dy;
+};
+
+inline Eval eval_unit(const BatchGauss& G, const vf8& px, float py) {
+  Eval r;
+  r.dx = G.mx - px;
+  r.dy = G.my - py;
+  const float cyy = (G.c * r.dy) * r.dy;
+  r.power = -0.5f * ((G.a * r.dx) * r.dx + cyy) - (G.b * r.dx) * r.dy;
+  r.e = vexp(r.power);
+  r.raw = G.o * r.e;
+  r.alpha = vmin(r.raw, splat<vf8>(kAlphaMax));
+  return r;
+}
+
+inline int unit_row(int u) { return u & 15; }
+inline int unit_col0(int u) { return 8 * (u >> 4); }
+inline vf8 unit_px(const TileGeometry& tg, int u) {
+  vf8 px;
+  for (int l = 0; l < 8; ++l) px[l] = static_cast<float>(tg.px0 + unit_col0(u) + l) + 0.5f;
+  return px;
+}
+inline float unit_py(const TileGeometry& tg, int u) { return static_cast<float>(tg.py0 + unit_row(u)) + 0.5f; }
+
+// ---------------------------------------------------------------------------------------------
+// Forward of one tile. DC > 0: compile-time channel count; DC == 0: runtime D <= kMaxD.
+template <int DC>
+struct ForwardTile {
+  static constexpr int DS = DC > 0 ? DC : kMaxD;
+  alignas(64) float T[kUnits][8];
+  alignas(64) float acc[kUnits][DS][8];
+  alignas(64) int32_t last[kUnits][8];
+  alignas(64) int32_t active[kUnits][8];  // all ones while the pixel takes contributions
+  uint32_t alive;                         // units with an active pixel
+  BatchGauss gl[kBatch];
+  uint32_t masks[kBatch];
+  UnitLists ul;
+
+  // Composites unit u's list of the current batch, front to back.
+  void run_unit(int u, int nd, const TileGeometry& tg) {
+    const vf8 px = unit_px(tg, u);
+    const float py = unit_py(tg, u);
+    vf8 t = load<vf8>(T[u]);
+    vi8 lst = load<vi8>(last[u]), act = load<vi8>(active[u]);
+    vf8 ac[DS];
+    for (int d = 0; d < nd; ++d) ac[d] = load<vf8>(acc[u][d]);
+    const int n = ul.lens[u];
+    for (int e = 0; e < n; ++e) {
+      const BatchGauss& G = gl[ul.lists[u][e]];
+      const Eval ev = eval_unit(G, px, py);
+      const vi8 keep = act & (ev.power <= 0.0f) & (ev.alpha >= kAlphaMin);
+      const vf8 t_next = t * (1.0f - ev.alpha);
+      const vi8 stop = keep & (t_next < kTMin);  // this Gaussian and all later ones are left out
+      const vi8 take = keep & ~stop;
+      const vf8 w = ev.alpha * t;
+      for (int d = 0; d < nd; ++d) ac[d] += select(take, G.feat[d] * w, splat<vf8>(0.0f));
+      t = select(take, t_next, t);
+      lst = select(take, isplat<vi8>(G.index + 1), lst);
+      act &= ~stop;  // unconditionally: a branch on "some pixel stopped" would mispredict often
+      if (!any(act)) {
+        alive &= ~(1u << u);
+        break;
+      }
+    }
+    store(T[u], t);
+    store(last[u], lst);
+    store(active[u], act);
+    for (int d = 0; d < nd; ++d) store(acc[u][d], ac[d]);
+  }
+
+  void run(const float* packed, int D, const int32_t* list, int64_t count, const TileGeometry& tg, int W,
+           float* render, float* alpha_out, int32_t* last_out, float* tfinal_out) {
+    const int nd = DC > 0 ? DC : D;
+    const int stride = kHead + nd;
+    // Pixels outside the image are never active (and never written out).
+    std::fill(&T[0][0], &T[0][0] + kUnits * 8, 1.0f);
+    std::fill(&acc[0][0][0], &acc[0][0][0] + kUnits * DS * 8, 0.0f);
+    std::fill(&last[0][0], &last[0][0] + kUnits * 8, 0);
+    std::fill(&active[0][0], &active[0][0] + kUnits * 8, 0);
+    alive = 0;
+    for (int i = 0; i < tg.rows; ++i)
+      for (int jx = 0; jx < tg.cols; ++jx) {
+        const int u = 16 * (jx >> 3) + i;
+        active[u][jx & 7] = -1;
+        alive |= 1u << u;
+      }
+    for (int64_t base = 0; base < count && alive != 0; base += kBatch) {
+      const int nb = static_cast<int>(std::min<int64_t>(kBatch, count - base));
+      for (int k = 0; k < nb; ++k) {
+        const int64_t j = base + k;
+        if (j + 8 < count) {  // records are read in rank order, but sparsely: fetch ahead
+          const float* pf = packed + static_cast<int64_t>(list[j + 8]) * stride;
+          __builtin_prefetch(pf);
+          __builtin_prefetch(pf + stride - 1);
+        }
+        const float* g = packed + static_cast<int64_t>(list[j]) * stride;
+        gl[k] = BatchGauss{g[0], g[1], g[2], g[3], g[4], g[5], static_cast<int32_t>(j), g + kHead};
+        masks[k] = unit_mask(g, tg) & alive;
+      }
+      ul.build(masks, nb);
+      for (uint32_t b = alive; b != 0; b &= b - 1) {
+        const int u = __builtin_ctz(b);
+        if (ul.lens[u] > 0) run_unit(u, nd, tg);
+      }
+    }
+    for (int i = 0; i < tg.rows; ++i) {
+      const int64_t row = int64_t(tg.py0 + i) * W + tg.px0;
+      for (int jx = 0; jx < tg.cols; ++jx) {
+        const int u = 16 * (jx >> 3) + i, l = jx & 7;
+        const int64_t p = row + jx;
+        for (int d = 0; d < nd; ++d) render[p * nd + d] = acc[u][d][l];
+        alpha_out[p] = 1.0f - T[u][l];
+        tfinal_out[p] = T[u][l];
+        last_out[p] = last[u][l];
+      }
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Backward of one tile: per pixel, back to front from its last contributor.
+//
+// With T_i the transmittance before Gaussian i, the output colour is C = sum_i f_i a_i T_i and
+// alpha = 1 - T_F. For an included Gaussian i (derivation from these sums):
+//   dL/da_i = T_i (g.f_i - G_i) + g_alpha T_F / (1 - a_i),
+//   G_i = g . sum_{j>i} f_j a_j prod_{i<k<j} (1 - a_k), which obeys G_{i-1} = a_i g.f_i + (1 - a_i) G_i,
+// so one running scalar per pixel carries every channel. Then through a = min(0.99, o exp(P)):
+// dP = dL/da * a and dL/do = dL/da * exp(P) where the clamp is inactive (zero where it is, as for
+// torch.clamp), and through P to the mean (dx = mx - px) and the conic:
+//   dP/dmx = -(a dx) - b dy, dP/dmy = -(c dy) - b dx, dP/da = -dx^2/2, dP/db = -dx dy, dP/dc = -dy^2/2.
+//
+// Batches run from the tile list's end to its start, and each unit walks its list backwards. A
+// Gaussian's per-unit gradient vectors are summed into sums[k] (one 8-lane vector per quantity), and
+// reduced to scalars once per batch into the Gaussian's (tile, Gaussian) slot:
+// slots[j * (6 + D) + ...] = (d mx, d my, d a, d b, d c, d o, d f_0 .. d f_{D-1}).
+template <int DC>
+struct BackwardTile {
+  static constexpr int DS = DC > 0 ? DC : kMaxD;
+  static constexpr int NQ = 6 + DS;
+  alignas(64) float T[kUnits][8];
+  alignas(64) float G[kUnits][8];
+  alignas(64) float gaTF[kUnits][8];
+  alignas(64) float gr[kUnits][DS][8];
+  alignas(64) int32_t last[kUnits][8];
+  alignas(64) int32_t unit_max[kUnits];  // largest last contributor of the unit
+  BatchGauss gl[kBatch];
+  uint32_t masks[kBatch];
+  UnitLists ul;
+  alignas(64) vf8 sums[kBatch][NQ];
+
+  void run_unit(int u, int nd, const TileGeometry& tg) {
+    const vf8 px = unit_px(tg, u);
+    const float py = unit_py(tg, u);
+    const vf8 zero = splat<vf8>(0.0f);
+    vf8 t = load<vf8>(T[u]), gacc = load<vf8>(G[u]);
+    const vf8 ga = load<vf8>(gaTF[u]);
+    const vi8 lst = load<vi8>(last[u]);
+    vf8 g[DS];
+    for (int d = 0; d < nd; ++d) g[d] = load<vf8>(gr[u][d]);
+    for (int e = ul.lens[u] - 1; e >= 0; --e) {
+      const int k = ul.lists[u][e];
+      const BatchGauss& Gs = gl[k];
+      const Eval ev = eval_unit(Gs, px, py);
+      const vi8 inc = (lst > Gs.index) & (ev.power <= 0.0f) & (ev.alpha >= kAlphaMin);
+      const vf8 om = 1.0f - ev.alpha;
+      const vf8 inv = 1.0f / om;
+      const vf8 ti = t * inv;  // transmittance before this Gaussian
+      vf8 gf = g[0] * Gs.feat[0];
+      for (int d = 1; d < nd; ++d) gf += g[d] * Gs.feat[d];
+      const vf8 dal = ti * (gf - gacc) + ga * inv;
+      const vi8 unclamped = inc & (ev.raw <= kAlphaMax);
+      const vf8 dP = select(unclamped, dal * ev.alpha, zero);
+      vf8* s = sums[k];
+      s[0] += dP * (-(Gs.a * ev.dx) - Gs.b * ev.dy);
+      s[1] += dP * (-(Gs.c * ev.dy) - Gs.b * ev.dx);
+      s[2] += dP * (-0.5f * (ev.dx * ev.dx));
+      s[3] += dP * (-(ev.dx * ev.dy));
+      s[4] += dP * (-0.5f * (ev.dy * ev.dy));
+      s[5] += select(unclamped, dal * ev.e, zero);
+      const vf8 w = select(inc, ev.alpha * ti, zero);
+      for (int d = 0; d < nd; ++d) s[6 + d] += g[d] * w;
+      gacc = select(inc, ev.alpha * gf + om * gacc, gacc);
+      t = select(inc, ti, t);
+    }
+    store(T[u], t);
+    store(G[u], gacc);
+  }
+
+  void run(const float* packed, int D, const int32_t* list, int64_t count, const TileGeometry& tg, int W,
+           const float* g_render, const float* g_alpha, const int32_t* last_in, const float* tfinal_in,
+           float* slots) {
+    const int nd = DC > 0 ? DC : D;
+    const int stride = kHead + nd;
+    const int nq = 6 + nd;
+    // Pixels outside the image keep T = 1, no contributor and zero gradients.
+    std::fill(&T[0][0], &T[0][0] + kUnits * 8, 1.0f);
+    std::fill(&G[0][0], &G[0][0] + kUnits * 8, 0.0f);
+    std::fill(&gaTF[0][0], &gaTF[0][0] + kUnits * 8, 0.0f);
+    std::fill(&gr[0][0][0], &gr[0][0][0] + kUnits * DS * 8, 0.0f);
+    std::fill(&last[0][0], &last[0][0] + kUnits * 8, 0);
+    for (int i = 0; i < tg.rows; ++i)
+      for (int jx = 0; jx < tg.cols; ++jx) {
+        const int u = 16 * (jx >> 3) + i, l = jx & 7;
+        const int64_t p = int64_t(tg.py0 + i) * W + tg.px0 + jx;
+        T[u][l] = tfinal_in[p];
+        gaTF[u][l] = g_alpha[p] * tfinal_in[p];
+        last[u][l] = last_in[p];
+        for (int d = 0; d < nd; ++d) gr[u][d][l] = g_render[p * nd + d];
+      }
+    int32_t tile_max = 0;
+    for (int u = 0; u < kUnits; ++u) {
+      unit_max[u] = 0;
+      for (int l = 0; l < 8; ++l) unit_max[u] = std::max(unit_max[u], last[u][l]);
+      tile_max = std::max(tile_max, unit_max[u]);
+    }
+    // Gaussians after the last contributor of every pixel get no gradient from this tile.
+    std::fill(slots + static_cast<int64_t>(tile_max) * nq, slots + count * nq, 0.0f);
+    const int64_t first_base = tile_max > 0 ? (static_cast<int64_t>(tile_max) - 1) / kBatch * kBatch : -1;
+    for (int64_t base = first_base; base >= 0; base -= kBatch) {
+      const int nb = static_cast<int>(std::min<int64_t>(kBatch, tile_max - base));
+      for (int k = 0; k < nb; ++k) {
+        const int64_t j = base + k;
+        if (j + 8 < tile_max) {
+          const float* pf = packed + static_cast<int64_t>(list[j + 8]) * stride;
+          __builtin_prefetch(pf);
+          __builtin_prefetch(pf + stride - 1);
+        }
+        const float* g = packed + static_cast<int64_t>(list[j]) * stride;
+        gl[k] = BatchGauss{g[0], g[1], g[2], g[3], g[4], g[5], static_cast<int32_t>(j), g + kHead};
+        // only units with a pixel whose last contributor comes after this Gaussian
+        const vi16 jj = isplat<vi16>(static_cast<int32_t>(j));
+        const uint32_t want = bitmask(load<vi16>(unit_max) > jj) | (bitmask(load<vi16>(unit_max + 16) > jj) << 16);
+        masks[k] = unit_mask(g, tg) & want;
+        if (masks[k] != 0)
+          for (int q = 0; q < nq; ++q) sums[k][q] = splat<vf8>(0.0f);
+      }
+      ul.build(masks, nb);
+      for (int u = 0; u < kUnits; ++u)
+        if (ul.lens[u] > 0) run_unit(u, nd, tg);
+      for (int k = 0; k < nb; ++k) {
+        float* out = slots + (base + k) * nq;
+        if (masks[k] == 0)
+          std::fill(out, out + nq, 0.0f);
+        else
+          for (int q = 0; q < nq; ++q) out[q] = reduce_add(sums[k][q]);
+      }
+    }
+  }
+};
+
+}  // namespace cpu_rasterizer
