@@ -1,0 +1,444 @@
+"""The `cpu` backend (C++/OpenMP extension, submodules/cpu_rasterizer) against the torch reference.
+
+Contract (docs/rasterizer.md): forward colour and alpha within 1e-4 of the reference, every input gradient
+within rtol 1e-3 / atol 1e-4. Both backends compute in float32 in different orders, so two things can
+legitimately exceed those bands, and the helpers below allow for exactly them and bound them:
+
+* Discontinuities. alpha >= 1/255, T < 1e-4 and the integer radius (which decides the tiles a Gaussian is
+  drawn in) are thresholds: a value within float rounding of one can fall on different sides in two correct
+  implementations, and that pixel then differs by up to ~1/255 of a colour. `assert_images_close` allows at
+  most a handful of such pixels (a fraction 2e-5 of the image, and never more than 20), and checks that
+  all other pixels meet 1e-4.
+* Cancellation in gradients. A gradient element is a sum over many pixels of terms that can be 1e4-1e7
+  times larger than the sum (conic gradients of tiny Gaussians reach 1e7). Float32 rounding of the terms
+  then leaves an absolute error proportional to the terms, not to the result. `assert_grads_close`
+  requires rtol 1e-3 / atol 1e-4 for all but a fraction 1e-4 of the elements (at least 3 allowed), and those
+  few within 1e-4 of the tensor's largest magnitude (the size of the cancelled terms).
+All other elements must meet the contract's tolerances exactly.
+
+The whole file runs in well under a minute on 2 cores; the torch reference dominates it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from internal.rasterize import native, rasterize, reference
+from internal.rasterize.projection import SH_C0, project_gaussians, view_colors
+
+from tests.conftest import shared_path
+
+if not native.available():
+    pytest.skip(
+        "the native cpu rasterizer is not built (run scripts/setup.sh or "
+        "`.venv/bin/pip install --no-build-isolation -c constraints.txt ./submodules/cpu_rasterizer`)",
+        allow_module_level=True,
+    )
+
+PIXEL_FLIP_FRACTION = 2e-5
+GRAD_OUTLIER_FRACTION = 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# Comparison helpers
+
+
+def assert_images_close(name, got, want, tol=1e-4):
+    diff = (got - want).abs()
+    if diff.dim() > 3:
+        diff = diff.amax(dim=-1)  # per pixel
+    bad = int((diff > tol).sum())
+    allowed = min(20, max(2, int(PIXEL_FLIP_FRACTION * diff.numel())))
+    assert bad <= allowed, f"{name}: {bad} pixels differ by more than {tol} (max {diff.max():.3g}), allowed {allowed}"
+    # A threshold flip moves a pixel by about one Gaussian's contribution at alpha ~ 1/255 or T ~ 1e-4.
+    assert diff.max() < 0.05, f"{name}: max difference {diff.max():.3g}"
+
+
+def assert_grads_close(name, got, want, rtol=1e-3, atol=1e-4):
+    assert got is not None and want is not None, f"{name}: missing gradient"
+    assert torch.isfinite(got).all(), f"{name}: non-finite gradient"
+    err = (got - want).abs()
+    bad = err > atol + rtol * want.abs()
+    n_bad = int(bad.sum())
+    allowed = max(3, int(GRAD_OUTLIER_FRACTION * want.numel()))
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    assert n_bad <= allowed, (
+        f"{name}: {n_bad}/{want.numel()} elements outside rtol {rtol}/atol {atol} (allowed {allowed}); "
+        f"max err {float(err.max()):.3g}, max |grad| {scale:.3g}"
+    )
+    if n_bad:
+        worst = float(err[bad].max())
+        assert worst <= atol + 1e-4 * scale, f"{name}: outlier error {worst:.3g} beyond 1e-4 of max |grad| {scale:.3g}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Scenes
+
+
+def random_rotation(g):
+    q = torch.randn(4, generator=g, dtype=torch.float64)
+    q = q / q.norm()
+    w, x, y, z = q.tolist()
+    return torch.tensor([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def random_scene(seed, n=300, cameras=2, width=61, height=47, sh_degree=3, colors="sh"):
+    """Gaussians around the origin seen by cameras on a sphere of radius ~5, each with its own intrinsics."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(n, 3, generator=g) * 1.2
+    scales = torch.exp(torch.empty(n, 3).uniform_(math.log(0.02), math.log(0.4), generator=g))
+    quats = torch.randn(n, 4, generator=g)
+    opacities = torch.rand(n, generator=g) * 0.98 + 0.01
+    if colors == "sh":
+        coeffs = torch.randn(n, (sh_degree + 1) ** 2, 3, generator=g) * 0.3
+        coeffs[:, 0] = (torch.rand(n, 3, generator=g) - 0.5) / SH_C0
+    elif colors == "rgb":
+        coeffs, sh_degree = torch.rand(n, 3, generator=g), None
+    else:  # per-camera colours
+        coeffs, sh_degree = torch.rand(cameras, n, 3, generator=g), None
+    viewmats, Ks = [], []
+    for c in range(cameras):
+        rot = random_rotation(g).float() if c else torch.eye(3)
+        vm = torch.eye(4)
+        vm[:3, :3] = rot
+        vm[:3, 3] = torch.tensor([0.1 * c, -0.2 * c, 5.0 + c])
+        viewmats.append(vm)
+        f = 40.0 + 15.0 * c
+        Ks.append(torch.tensor([[f, 0.0, width / 2 + 3 * c], [0.0, f * 1.1, height / 2 - 2 * c], [0.0, 0.0, 1.0]]))
+    return dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=coeffs,
+                viewmats=torch.stack(viewmats), Ks=torch.stack(Ks), width=width, height=height, sh_degree=sh_degree)
+
+
+def garden_scene(every=1, downscale=1):
+    """gsplat's garden points: scales from the 3 nearest neighbours, seeded rotations/opacities, SH degree 3."""
+    from scipy.spatial import cKDTree
+
+    d = np.load(shared_path("gsplat_test_garden", "test_garden.npz"))
+    pts = d["means3d"].astype(np.float64)
+    dist, _ = cKDTree(pts).query(pts, k=4)
+    keep = slice(None, None, every)
+    pts, rgb = pts[keep], d["colors"][keep].astype(np.float64) / 255.0
+    scale = np.maximum(dist[keep, 1:].mean(axis=1), 1e-7)
+    g = torch.Generator().manual_seed(0)
+    n = pts.shape[0]
+    coeffs = torch.randn(n, 16, 3, generator=g) * 0.1
+    coeffs[:, 0] = (torch.from_numpy(rgb).float() - 0.5) / SH_C0
+    Ks = torch.from_numpy(d["Ks"]).float().clone()
+    Ks[:, :2, :] /= downscale
+    return dict(means=torch.from_numpy(pts).float(), quats=torch.randn(n, 4, generator=g),
+                scales=torch.from_numpy(scale).float()[:, None].repeat(1, 3),
+                opacities=torch.rand(n, generator=g) * 0.9 + 0.05, colors=coeffs,
+                viewmats=torch.from_numpy(d["viewmats"]).float(), Ks=Ks,
+                width=int(d["width"]) // downscale, height=int(d["height"]) // downscale, sh_degree=3)
+
+
+PARAMS = ("means", "quats", "scales", "opacities", "colors")
+
+
+def run(scene, backend, cameras=None, backgrounds=None, grad=True, seed=11):
+    """rasterize() with leaf copies of the Gaussian parameters; returns (output, grads by name)."""
+    sl = slice(None) if cameras is None else cameras
+    leaves = {k: scene[k].detach().clone().requires_grad_(grad) for k in PARAMS}
+    out = rasterize(leaves["means"], leaves["quats"], leaves["scales"], leaves["opacities"], leaves["colors"],
+                    scene["viewmats"][sl], scene["Ks"][sl], scene["width"], scene["height"],
+                    sh_degree=scene["sh_degree"], backgrounds=backgrounds, backend=backend)
+    if not grad:
+        return out, {}
+    out.means2d.retain_grad()
+    g = torch.Generator().manual_seed(seed)
+    loss = ((out.colors * torch.rand(out.colors.shape, generator=g)).sum()
+            + (out.alphas * torch.rand(out.alphas.shape, generator=g)).sum()
+            + (out.depths * torch.rand(out.depths.shape, generator=g)).sum() * 0.1)
+    if not loss.requires_grad:  # nothing drawn and nothing differentiable (e.g. no Gaussians at all)
+        return out, {}
+    loss.backward()
+    grads = {k: v.grad for k, v in leaves.items()}
+    grads["means2d"] = out.means2d.grad
+    return out, grads
+
+
+def compare(scene, cameras=None, backgrounds=None, grad=True):
+    ref, gref = run(scene, "torch", cameras, backgrounds, grad)
+    got, ggot = run(scene, "cpu", cameras, backgrounds, grad)
+    radius_flips = int((ref.radii != got.radii).sum())
+    assert radius_flips <= max(1, ref.radii.numel() // 10000), f"{radius_flips} radii differ"
+    assert_images_close("colors", got.colors, ref.colors)
+    assert_images_close("alphas", got.alphas, ref.alphas)
+    # Expected depth divides by alpha: compare the depth channel where alpha is not tiny.
+    solid = ref.alphas > 0.05
+    assert_images_close("depths", (got.depths * solid), (ref.depths * solid), tol=1e-3)
+    for k in set(gref) | set(ggot):
+        zero = torch.zeros(())
+        g_ref = gref.get(k)
+        g_got = ggot.get(k)
+        if g_ref is None or g_got is None:  # one side has no graph at all: the other must be all zero
+            assert (g_ref if g_got is None else g_got) is None or not (g_ref if g_got is None else g_got).abs().any(), k
+            continue
+        assert_grads_close(k, g_got, g_ref)
+    return ref, got
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage by stage
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("per_camera_opacity", [False, True])
+def test_composite_matches_reference(seed, per_camera_opacity):
+    s = random_scene(seed, n=400)
+    with torch.no_grad():
+        means2d, conics, depths, radii = project_gaussians(s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"],
+                                                           s["width"], s["height"])
+    C, N = radii.shape
+    g = torch.Generator().manual_seed(seed)
+    features = torch.cat([torch.rand(C, N, 3, generator=g), depths[..., None]], -1)
+    opac = s["opacities"][None].repeat(C, 1) if per_camera_opacity else s["opacities"]
+    results = []
+    for fn in (reference.composite, native.composite):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (means2d, conics, features, opac)]
+        render, alpha = fn(*leaves, depths, radii, s["width"], s["height"])
+        gr = torch.Generator().manual_seed(5)
+        ((render * torch.randn(render.shape, generator=gr)).sum() + (alpha * torch.randn(alpha.shape, generator=gr)).sum()).backward()
+        results.append((render, alpha, [x.grad for x in leaves]))
+    (r0, a0, g0), (r1, a1, g1) = results
+    assert_images_close("render", r1, r0)
+    assert_images_close("alpha", a1, a0)
+    for name, x, y in zip(("means2d", "conics", "features", "opacities"), g1, g0):
+        assert_grads_close(name, x, y)
+    assert g1[3].shape == opac.shape
+
+
+@pytest.mark.parametrize("channels", [1, 3, 7, 32])
+def test_composite_any_channel_count(channels):
+    s = random_scene(3, n=200, cameras=1, width=40, height=33)
+    with torch.no_grad():
+        means2d, conics, depths, radii = project_gaussians(s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"],
+                                                           s["width"], s["height"])
+    features = torch.rand(1, 200, channels, generator=torch.Generator().manual_seed(channels))
+    outs = []
+    for fn in (reference.composite, native.composite):
+        f = features.clone().requires_grad_(True)
+        render, alpha = fn(means2d, conics, f, s["opacities"], depths, radii, s["width"], s["height"])
+        (render.square().sum() + alpha.sum()).backward()
+        outs.append((render, f.grad))
+    assert_images_close("render", outs[1][0], outs[0][0])
+    assert_grads_close("features", outs[1][1], outs[0][1])
+
+
+def test_native_projection_matches_torch():
+    s = random_scene(4, n=500, cameras=3)
+    args = (s["viewmats"], s["Ks"], s["width"], s["height"])
+    results = []
+    for fn in (project_gaussians, native.project_gaussians):
+        leaves = [s[k].clone().requires_grad_(True) for k in ("means", "quats", "scales")]
+        m2, con, dep, rad = fn(*leaves, *args)
+        vis = (rad > 0)[..., None]
+        g = torch.Generator().manual_seed(2)
+        ((m2 * torch.randn(m2.shape, generator=g) * vis).sum() + (con * torch.randn(con.shape, generator=g) * vis).sum()
+         + (dep * torch.randn(dep.shape, generator=g) * vis[..., 0]).sum()).backward()
+        results.append(((m2, con, dep, rad), [x.grad for x in leaves]))
+    (o0, g0), (o1, g1) = results
+    assert torch.equal(o0[3], o1[3]), "radii differ"
+    vis = o0[3] > 0
+    assert vis.sum() > 100
+    for name, x, y in zip(("means2d", "conics", "depths"), o1[:3], o0[:3]):
+        torch.testing.assert_close(x[vis], y[vis], rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    for name, x, y in zip(("means", "quats", "scales"), g1, g0):
+        assert_grads_close(name, x, y)
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_native_sh_colors_match_torch(degree):
+    s = random_scene(5, n=300, cameras=2, sh_degree=3)
+    results = []
+    for fn in (view_colors, native.view_colors):
+        means = s["means"].clone().requires_grad_(True)
+        coeffs = s["colors"].clone().requires_grad_(True)
+        col = fn(means, coeffs, degree, s["viewmats"])
+        (col * torch.randn(col.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+        results.append((col, means.grad, coeffs.grad))
+    (c0, m0, k0), (c1, m1, k1) = results
+    torch.testing.assert_close(c1, c0, rtol=0, atol=1e-6)
+    assert_grads_close("coeffs", k1, k0)
+    if degree == 0:
+        assert m1 is None or not m1.abs().any()
+    else:
+        assert_grads_close("means", m1, m0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole rasterize() call
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_rasterize_matches_reference_sh_degrees(degree):
+    compare(random_scene(10 + degree, sh_degree=degree), backgrounds=torch.tensor([0.2, 0.5, 0.9]))
+
+
+@pytest.mark.parametrize("colors", ["rgb", "per_camera"])
+def test_rasterize_matches_reference_plain_colors(colors):
+    s = random_scene(20, colors=colors, cameras=3)
+    compare(s, backgrounds=torch.rand(3, 3, generator=torch.Generator().manual_seed(0)))
+
+
+def test_non_square_sizes_not_multiple_of_16():
+    for w, h in ((17, 95), (100, 3), (1, 1), (33, 16)):
+        compare(random_scene(30, n=150, cameras=1, width=w, height=h))
+
+
+def edge_scene():
+    return random_scene(40, n=1, cameras=2)
+
+
+def test_no_gaussians_gives_the_background():
+    base = edge_scene()
+    empty = dict(base, **{k: base[k][:0] for k in PARAMS})
+    ref, got = compare(empty, backgrounds=torch.tensor([0.3, 0.1, 0.7]))
+    assert torch.equal(got.colors, torch.tensor([0.3, 0.1, 0.7]).expand_as(got.colors))
+
+
+def test_all_culled():
+    ref, got = compare(dict(edge_scene(), means=torch.tensor([[0.0, 0.0, -20.0]])))  # behind both cameras
+    assert (got.radii == 0).all() and (got.alphas == 0).all()
+
+
+def test_one_gaussian_covering_the_image():
+    base = edge_scene()
+    ref, got = compare(dict(base, means=torch.zeros(1, 3), scales=torch.full((1, 3), 30.0), opacities=torch.tensor([0.7])))
+    assert (got.alphas > 0.5).all()
+
+
+def test_camera_inside_a_gaussian():
+    # camera 0 sits at (0, 0, -5) in world space; the Gaussian's 2-unit scale contains it
+    compare(dict(edge_scene(), means=torch.tensor([[0.0, 0.0, -4.9]]), scales=torch.full((1, 3), 2.0)))
+
+
+def test_huge_and_tiny_scales_as_accurate_as_the_reference():
+    """Scales from 1e-5 to 50 in one scene, many Gaussians needle-thin (2D condition number up to 1e5).
+
+    Such conics amplify a one-ulp difference in the projected covariance a hundred-thousand-fold, and both
+    float32 backends then differ from the exact (float64) image by ~2e-3 and from each other by ~2e-4; so
+    here the criterion is accuracy: the cpu backend must be as close to the float64 reference as the
+    float32 reference is (within a factor 1.5, plus the contract's tolerance), image and every gradient.
+    """
+    g = torch.Generator().manual_seed(41)
+    s = random_scene(41, n=200)
+    s["scales"] = torch.exp(torch.empty(200, 3).uniform_(math.log(1e-5), math.log(50.0), generator=g))
+    ref32, g32 = run(s, "torch")
+    got, ggot = run(s, "cpu")
+    exact, g64 = run({k: (v.double() if torch.is_tensor(v) else v) for k, v in s.items()}, "torch")
+    assert torch.isfinite(got.colors).all()
+    for name, a, b, e in (("colors", got.colors, ref32.colors, exact.colors), ("alphas", got.alphas, ref32.alphas, exact.alphas)):
+        err_cpu, err_ref = (a.double() - e).abs().max(), (b.double() - e).abs().max()
+        assert err_cpu <= 1.5 * err_ref + 1e-4, f"{name}: cpu error {err_cpu:.3g} vs float32 reference {err_ref:.3g}"
+    for k in g64:
+        err_cpu, err_ref = (ggot[k].double() - g64[k]).abs().max(), (g32[k].double() - g64[k]).abs().max()
+        assert err_cpu <= 1.5 * err_ref + 1e-4, f"{k}: cpu error {err_cpu:.3g} vs float32 reference {err_ref:.3g}"
+
+
+def test_depth_ties_keep_index_order():
+    # Two Gaussians at exactly the same depth: the one with the lower index is in front (both backends).
+    s = random_scene(50, n=2, cameras=1)
+    s["means"] = torch.tensor([[0.1, 0.0, 0.0], [-0.1, 0.0, 0.0]])
+    s["scales"] = torch.full((2, 3), 0.5)
+    s["quats"] = torch.tensor([[1.0, 0, 0, 0]] * 2)
+    s["opacities"] = torch.tensor([0.9, 0.9])
+    compare(s)
+
+
+def test_threads_do_not_change_results():
+    s = random_scene(60, n=600, cameras=2, width=90, height=70)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, g1 = run(s, "cpu")
+        torch.set_num_threads(2)
+        two, g2 = run(s, "cpu")
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(one.colors, two.colors) and torch.equal(one.alphas, two.alphas)
+    for k in g1:
+        assert torch.equal(g1[k], g2[k]), k
+
+
+def test_means2d_grad_is_readable_and_radii_are_int32():
+    s = random_scene(70, n=100, cameras=1)
+    out, grads = run(s, "cpu")
+    assert out.radii.dtype == torch.int32
+    assert grads["means2d"] is not None and grads["means2d"].shape == (1, 100, 2)
+    assert grads["means2d"][out.radii == 0].abs().max() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Real data: gsplat's garden points
+
+
+def test_garden_full_resolution_forward():
+    s = garden_scene()
+    ref, _ = run(s, "torch", cameras=slice(0, 1), grad=False)
+    got, _ = run(s, "cpu", cameras=slice(0, 1), grad=False)
+    assert got.colors.shape == (1, 420, 648, 3)
+    assert int((ref.radii != got.radii).sum()) <= 2
+    assert_images_close("colors", got.colors, ref.colors)
+    assert_images_close("alphas", got.alphas, ref.alphas)
+
+
+def test_garden_gradients_reduced():
+    # A third of the points at quarter resolution keeps the torch side to a few seconds.
+    compare(garden_scene(every=3, downscale=4), cameras=slice(1, 3))
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_bad_inputs_name_the_argument():
+    s = random_scene(80, n=10, cameras=1)
+    with torch.no_grad():
+        m2, con, dep, rad = native.project_gaussians(s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"], 32, 32)
+    feats = torch.rand(1, 10, 4)
+    args = dict(means2d=m2, conics=con, features=feats, opacities=s["opacities"], depths=dep, radii=rad)
+
+    def call(**over):
+        a = dict(args, **over)
+        return native.composite(a["means2d"], a["conics"], a["features"], a["opacities"], a["depths"], a["radii"], 32, 32)
+
+    for name, bad, words in (
+        ("means2d", m2.double(), ["means2d", "float32"]),
+        ("conics", con[..., :2], ["conics", "shape"]),
+        ("features", feats[0], ["features", "shape"]),
+        ("opacities", torch.rand(7), ["opacities", "shape"]),
+        ("radii", rad.float(), ["radii", "integer"]),
+        ("depths", dep.to("meta"), ["depths", "cpu", "meta"]),
+    ):
+        with pytest.raises(ValueError) as e:
+            call(**{name: bad})
+        assert all(w in str(e.value) for w in words), str(e.value)
+    with pytest.raises(ValueError, match="channels"):
+        call(features=torch.rand(1, 10, 33))
+    with pytest.raises(ValueError, match="tile_size"):
+        native.composite(m2, con, feats, s["opacities"], dep, rad, 32, 32, tile_size=8)
+    with pytest.raises(ValueError, match="quats"):
+        native.project_gaussians(s["means"], s["quats"][:, :3], s["scales"], s["viewmats"], s["Ks"], 32, 32)
+    with pytest.raises(ValueError, match="float32.*scales"):
+        native.project_gaussians(s["means"], s["quats"], s["scales"].half(), s["viewmats"], s["Ks"], 32, 32)
+    with pytest.raises(ValueError, match="viewmats.*camera gradients"):
+        native.project_gaussians(s["means"], s["quats"], s["scales"], s["viewmats"].clone().requires_grad_(True),
+                                 s["Ks"], 32, 32)
+    # Through rasterize(): tensors on another device (meta stands in for CUDA here) are refused by name.
+    meta = {k: s[k].to("meta") for k in PARAMS}
+    with pytest.raises(ValueError, match="cpu backend needs CPU tensors"):
+        rasterize(meta["means"], meta["quats"], meta["scales"], meta["opacities"], meta["colors"],
+                  s["viewmats"].to("meta"), s["Ks"].to("meta"), 32, 32, sh_degree=3, backend="cpu")
+    # float64 goes to the torch backend; the cpu backend says so
+    with pytest.raises(ValueError, match="float32"):
+        rasterize(*(s[k].double() for k in PARAMS), s["viewmats"].double(), s["Ks"].double(), 32, 32, sh_degree=3,
+                  backend="cpu")
