@@ -11,6 +11,7 @@ point_cloud/iteration_S/point_cloud.ply, metrics/, renders/ and the TensorBoard 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -126,6 +127,18 @@ class GSCLI(LightningCLI):
 
 
 def main(args=None) -> None:
+    """Entry point of main.py. Errors about the user's input end the run with their one-line message
+    (exit status 1) instead of a traceback; GS_TRACEBACK=1 shows the traceback too."""
+    from .data.errors import DatasetError
+    from .module import NonFiniteLossError
+    from .splats import PlyFormatError
+
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    GSCLI(args=args)
+    try:
+        GSCLI(args=args)
+    except (DatasetError, PlyFormatError, NonFiniteLossError) as exc:
+        if os.environ.get("GS_TRACEBACK") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

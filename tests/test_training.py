@@ -170,3 +170,15 @@ def test_ckpt_path_last_without_a_checkpoint_is_an_error_for_test(demo, tmp_path
     with pytest.raises(SystemExit, match="does not exist"):
         GSCLI(args=["test", "--data.path", str(demo / "blender"), "-n", "none", "--output", str(tmp_path),
                     "--ckpt_path", "last"])
+
+
+def test_bad_data_path_ends_the_cli_with_one_line_and_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "main.py", "fit", "--data.path", str(tmp_path / "nowhere"), "-n", "x",
+                        "--output", str(tmp_path)], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert f"error: {tmp_path / 'nowhere'}: does not exist" in r.stderr
