@@ -93,7 +93,7 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
   const int64_t N = in.N;
   const int64_t n_tiles = int64_t(tiles_x) * tiles_y;
   // Tile rects of every Gaussian (empty when culled).
-  std::vector<Rect> rects(N);
+  const std::unique_ptr<Rect[]> rects = uninitialized<Rect>(N);
   parallel_range(N, 4096, [&](int64_t b, int64_t e) {
     for (int64_t n = b; n < e; ++n) {
       const int32_t r = in.radii[n];
@@ -183,26 +183,26 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
 }
 
 // Packed records of the visible Gaussians in rank (depth) order; see pack_record.
-std::vector<float> pack_gaussians(const CameraInputs& in, const int32_t* vis_ids, int64_t V) {
+std::unique_ptr<float[]> pack_gaussians(const CameraInputs& in, const int32_t* vis_ids, int64_t V) {
   const int stride = kHead + in.D;
-  std::vector<float> packed(static_cast<size_t>(V) * stride);
+  std::unique_ptr<float[]> packed = uninitialized<float>(static_cast<size_t>(V) * stride);
   parallel_range(V, 2048, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const int64_t n = vis_ids[r];
-      pack_record(packed.data() + r * stride, in.means2d + 2 * n, in.conics + 3 * n, in.opacities[n],
+      pack_record(packed.get() + r * stride, in.means2d + 2 * n, in.conics + 3 * n, in.opacities[n],
                   in.features + n * in.D, in.D);
     }
   });
   return packed;
 }
 
-// Tiles with work, longest lists first: with a dynamic schedule the long tiles start early and the
-// short ones fill the gaps at the end.
-std::vector<int64_t> tile_order(const int64_t* offsets, int64_t n_tiles) {
+// Tiles longest list first: with a dynamic schedule the long tiles start early and the short ones fill
+// the gaps at the end. With `with_empty`, tiles without Gaussians come last (the forward writes them).
+std::vector<int64_t> tile_order(const int64_t* offsets, int64_t n_tiles, bool with_empty) {
   std::vector<int64_t> order;
   order.reserve(n_tiles);
   for (int64_t t = 0; t < n_tiles; ++t)
-    if (offsets[t + 1] > offsets[t]) order.push_back(t);
+    if (with_empty || offsets[t + 1] > offsets[t]) order.push_back(t);
   std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
     return offsets[x + 1] - offsets[x] > offsets[y + 1] - offsets[y];
   });
@@ -288,17 +288,17 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& means2d, const at::T
   const int W = static_cast<int>(width), H = static_cast<int>(height);
   const int32_t tiles_x = (W + kTile - 1) / kTile, tiles_y = (H + kTile - 1) / kTile;
   const int64_t n_tiles = int64_t(tiles_x) * tiles_y;
-  // Pixels that no tile touches keep the empty result: render 0, alpha 0, T 1, no contributor.
-  at::Tensor render = at::zeros({C, H, W, D}, at::kFloat);
-  at::Tensor alpha = at::zeros({C, H, W, 1}, at::kFloat);
-  at::Tensor last = at::zeros({C, H, W}, at::kInt);
-  at::Tensor tfinal = at::ones({C, H, W}, at::kFloat);
+  // Every tile writes all its pixels (empty tiles the empty result), so no zero-fill is needed.
+  at::Tensor render = at::empty({C, H, W, D}, at::kFloat);
+  at::Tensor alpha = at::empty({C, H, W, 1}, at::kFloat);
+  at::Tensor last = at::empty({C, H, W}, at::kInt);
+  at::Tensor tfinal = at::empty({C, H, W}, at::kFloat);
   std::vector<at::Tensor> out = {render, alpha, last, tfinal};
   for (int64_t c = 0; c < C; ++c) {
     const CameraInputs in = camera_inputs(means2d, conics, features, opacities, depths, radii, c);
     Binning b = bin_camera(in, tiles_x, tiles_y);
     const int64_t V = b.vis_ids.size(0);
-    const std::vector<float> packed = pack_gaussians(in, b.vis_ids.data_ptr<int32_t>(), V);
+    const std::unique_ptr<float[]> packed = pack_gaussians(in, b.vis_ids.data_ptr<int32_t>(), V);
     const int64_t* offsets = b.tile_offsets.data_ptr<int64_t>();
     const int32_t* isect = b.isect.data_ptr<int32_t>();
     const int64_t pix = int64_t(H) * W;
@@ -306,12 +306,12 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& means2d, const at::T
     float* a_c = alpha.data_ptr<float>() + c * pix;
     int32_t* l_c = last.data_ptr<int32_t>() + c * pix;
     float* t_c = tfinal.data_ptr<float>() + c * pix;
-    const std::vector<int64_t> order = tile_order(offsets, n_tiles);
+    const std::vector<int64_t> order = tile_order(offsets, n_tiles, true);
     dispatch_channels(D, [&](auto dc) {
       constexpr int DC = decltype(dc)::value;
       for_each_tile<ForwardTile<DC>>(order, [&](ForwardTile<DC>& kernel, int64_t t) {
         const TileGeometry tg = tile_geometry(t, tiles_x, W, H);
-        kernel.run(packed.data(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, r_c, a_c, l_c,
+        kernel.run(packed.get(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, r_c, a_c, l_c,
                          t_c);
       });
     });
@@ -345,15 +345,17 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
               "cpu rasterizer: grad of alpha must be a contiguous float32 (C,H,W,1) tensor");
   const at::Tensor& last = state[0];
   const at::Tensor& tfinal = state[1];
-  at::Tensor g_means2d = at::zeros({C, N, 2}, at::kFloat);
-  at::Tensor g_conics = at::zeros({C, N, 3}, at::kFloat);
-  at::Tensor g_features = at::zeros({C, N, D}, at::kFloat);
-  at::Tensor g_opacities = at::zeros(opacities.sizes(), at::kFloat);
+  // Culled Gaussians get zero gradients; the visible ones are written by the reduction below.
+  at::Tensor g_means2d = at::empty({C, N, 2}, at::kFloat);
+  at::Tensor g_conics = at::empty({C, N, 3}, at::kFloat);
+  at::Tensor g_features = at::empty({C, N, D}, at::kFloat);
+  at::Tensor g_opacities = at::empty(opacities.sizes(), at::kFloat);
+  for (at::Tensor* t : {&g_means2d, &g_conics, &g_features, &g_opacities}) parallel_zero(t->data_ptr<float>(), t->numel());
   const int sstride = 6 + D;
   int64_t k_max = 0;
   for (int64_t c = 0; c < C; ++c) k_max = std::max(k_max, state[2 + 5 * c + 1].size(0));
   // One slot per (tile, Gaussian) pair; reused camera after camera.
-  std::vector<float> slots(static_cast<size_t>(k_max) * sstride);
+  const std::unique_ptr<float[]> slots = uninitialized<float>(static_cast<size_t>(k_max) * sstride);
   const int64_t pix = int64_t(H) * W;
   for (int64_t c = 0; c < C; ++c) {
     const CameraInputs in = camera_inputs(means2d, conics, features, opacities, depths, radii, c);
@@ -364,18 +366,18 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
     const int32_t* entry_pos = state[2 + 5 * c + 4].data_ptr<int32_t>();
     const int64_t V = state[2 + 5 * c + 2].size(0);
     TORCH_CHECK(state[2 + 5 * c].size(0) == n_tiles + 1, "cpu rasterizer: saved state does not match the image size");
-    const std::vector<float> packed = pack_gaussians(in, vis_ids, V);
+    const std::unique_ptr<float[]> packed = pack_gaussians(in, vis_ids, V);
     const float* gr_c = g_render.data_ptr<float>() + c * pix * D;
     const float* ga_c = g_alpha.data_ptr<float>() + c * pix;
     const int32_t* l_c = last.data_ptr<int32_t>() + c * pix;
     const float* t_c = tfinal.data_ptr<float>() + c * pix;
-    const std::vector<int64_t> order = tile_order(offsets, n_tiles);
+    const std::vector<int64_t> order = tile_order(offsets, n_tiles, false);
     dispatch_channels(D, [&](auto dc) {
       constexpr int DC = decltype(dc)::value;
       for_each_tile<BackwardTile<DC>>(order, [&](BackwardTile<DC>& kernel, int64_t t) {
         const TileGeometry tg = tile_geometry(t, tiles_x, W, H);
-        kernel.run(packed.data(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, gr_c, ga_c, l_c,
-                          t_c, slots.data() + offsets[t] * sstride);
+        kernel.run(packed.get(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, gr_c, ga_c, l_c,
+                          t_c, slots.get() + offsets[t] * sstride);
       });
     });
     // Sum each Gaussian's slots in tile order (fixed, so deterministic for any thread count).
@@ -388,7 +390,7 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
       for (int64_t r = b; r < e; ++r) {
         std::fill(sum, sum + sstride, 0.0f);
         for (int64_t k = vis_start[r]; k < vis_start[r + 1]; ++k) {
-          const float* s = slots.data() + static_cast<int64_t>(entry_pos[k]) * sstride;
+          const float* s = slots.get() + static_cast<int64_t>(entry_pos[k]) * sstride;
           for (int q = 0; q < sstride; ++q) sum[q] += s[q];
         }
         const int64_t n = vis_ids[r];

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 
 namespace cpu_rasterizer {
 
@@ -31,6 +33,18 @@ inline void parallel_range(int64_t n, int64_t grain, const F& f) {
     const int64_t b = chunk_begin(n, parts, k), e = chunk_begin(n, parts, k + 1);
     if (b < e) f(b, e);
   }
+}
+
+// An uninitialised array: every element is written before it is read. (std::vector value-initialises,
+// i.e. zero-fills, which here would be a wasted pass over tens of MB, page faults included.)
+template <typename T>
+inline std::unique_ptr<T[]> uninitialized(size_t n) {
+  return std::unique_ptr<T[]>(new T[n]);
+}
+
+// Zero-fills n floats in parallel: a fresh output's first touch (and its page faults) on all threads.
+inline void parallel_zero(float* p, int64_t n) {
+  parallel_range(n, 1 << 16, [&](int64_t b, int64_t e) { std::memset(p + b, 0, sizeof(float) * (e - b)); });
 }
 
 }  // namespace cpu_rasterizer

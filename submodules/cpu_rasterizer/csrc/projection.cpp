@@ -224,9 +224,10 @@ std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tens
   const int32_t tiles_x = static_cast<int32_t>((width + kTile - 1) / kTile);
   const int32_t tiles_y = static_cast<int32_t>((height + kTile - 1) / kTile);
   const float near_f = static_cast<float>(near_plane), far_f = static_cast<float>(far_plane);
-  at::Tensor g_means = at::zeros({N, 3}, at::kFloat);
-  at::Tensor g_quats = at::zeros({N, 4}, at::kFloat);
-  at::Tensor g_scales = at::zeros({N, 3}, at::kFloat);
+  // Every element is written below (zeros where no gradient arrives), so no zero-fill first.
+  at::Tensor g_means = at::empty({N, 3}, at::kFloat);
+  at::Tensor g_quats = at::empty({N, 4}, at::kFloat);
+  at::Tensor g_scales = at::empty({N, 3}, at::kFloat);
   const float* m = means.data_ptr<float>();
   const float* q = quats.data_ptr<float>();
   const float* sc = scales.data_ptr<float>();
@@ -291,7 +292,12 @@ std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tens
         const float g_p[3] = {g_p0, g_p1, gz + (o.in_range ? g_zs : 0.0f)};
         for (int j = 0; j < 3; ++j) gmean[j] += cam.R[0][j] * g_p[0] + cam.R[1][j] * g_p[1] + cam.R[2][j] * g_p[2];
       }
-      if (!any_grad) continue;
+      if (!any_grad) {
+        std::fill(o_gm + 3 * n, o_gm + 3 * n + 3, 0.0f);
+        std::fill(o_gq + 4 * n, o_gq + 4 * n + 4, 0.0f);
+        std::fill(o_gs + 3 * n, o_gs + 3 * n + 3, 0.0f);
+        continue;
+      }
       for (int j = 0; j < 3; ++j) o_gm[3 * n + j] = gmean[j];
       // Sigma = M M^T: dL/dM = 2 gSigma M (gSigma symmetric); M = Rq diag(scale).
       float gR[3][3];

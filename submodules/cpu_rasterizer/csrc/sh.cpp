@@ -49,65 +49,84 @@ inline Dir view_dir(const float* mean, const float cp[3]) {
   return d;
 }
 
-// sum_k Y_k(dir) coeff[k] for one channel, in projection.eval_sh's exact order.
-inline float eval_channel(int degree, const float* co, int ch, const Dir& d) {
-  auto cf = [&](int k) { return co[3 * k + ch]; };
-  float out = C0 * cf(0);
-  if (degree == 0) return out;
+// The per-basis factors that projection.eval_sh multiplies the coefficients by, computed exactly as
+// its intermediate tensors are (e.g. (C3[0] * y) * (3 * xx - yy)); the signs of bases 1 and 3 are
+// applied by the subtractions in eval_rgb, as in the reference.
+struct ShFactors {
+  float f[16];
+};
+
+inline ShFactors sh_factors(int degree, const Dir& d) {
+  ShFactors F;
+  F.f[0] = C0;
+  if (degree == 0) return F;
   const float x = d.x, y = d.y, z = d.z;
-  out = ((out - (C1 * y) * cf(1)) + (C1 * z) * cf(2)) - (C1 * x) * cf(3);
-  if (degree == 1) return out;
+  F.f[1] = C1 * y;
+  F.f[2] = C1 * z;
+  F.f[3] = C1 * x;
+  if (degree == 1) return F;
   const float xx = x * x, yy = y * y, zz = z * z, xy = x * y, yz = y * z, xz = x * z;
-  out = out + (C2[0] * xy) * cf(4);
-  out = out + (C2[1] * yz) * cf(5);
-  out = out + (C2[2] * ((2.0f * zz - xx) - yy)) * cf(6);
-  out = out + (C2[3] * xz) * cf(7);
-  out = out + (C2[4] * (xx - yy)) * cf(8);
-  if (degree == 2) return out;
-  out = out + ((C3[0] * y) * (3.0f * xx - yy)) * cf(9);
-  out = out + ((C3[1] * xy) * z) * cf(10);
-  out = out + ((C3[2] * y) * ((4.0f * zz - xx) - yy)) * cf(11);
-  out = out + ((C3[3] * z) * ((2.0f * zz - 3.0f * xx) - 3.0f * yy)) * cf(12);
-  out = out + ((C3[4] * x) * ((4.0f * zz - xx) - yy)) * cf(13);
-  out = out + ((C3[5] * z) * (xx - yy)) * cf(14);
-  out = out + ((C3[6] * x) * (xx - 3.0f * yy)) * cf(15);
-  return out;
+  F.f[4] = C2[0] * xy;
+  F.f[5] = C2[1] * yz;
+  F.f[6] = C2[2] * ((2.0f * zz - xx) - yy);
+  F.f[7] = C2[3] * xz;
+  F.f[8] = C2[4] * (xx - yy);
+  if (degree == 2) return F;
+  F.f[9] = (C3[0] * y) * (3.0f * xx - yy);
+  F.f[10] = (C3[1] * xy) * z;
+  F.f[11] = (C3[2] * y) * ((4.0f * zz - xx) - yy);
+  F.f[12] = (C3[3] * z) * ((2.0f * zz - 3.0f * xx) - 3.0f * yy);
+  F.f[13] = (C3[4] * x) * ((4.0f * zz - xx) - yy);
+  F.f[14] = (C3[5] * z) * (xx - yy);
+  F.f[15] = (C3[6] * x) * (xx - 3.0f * yy);
+  return F;
 }
 
-// The basis values Y_k and their gradients dY_k/d(x,y,z) (math, for the backward).
-inline int basis(int degree, const Dir& d, float Y[16], float dY[16][3]) {
+// sum_k Y_k(dir) coeff[k] per channel, summed in projection.eval_sh's exact order.
+inline void eval_rgb(int degree, const float* co, const ShFactors& F, float out[3]) {
+  for (int ch = 0; ch < 3; ++ch) {
+    auto cf = [&](int k) { return co[3 * k + ch]; };
+    float o = F.f[0] * cf(0);
+    if (degree >= 1) o = ((o - F.f[1] * cf(1)) + F.f[2] * cf(2)) - F.f[3] * cf(3);
+    if (degree >= 2)
+      for (int k = 4; k < 9; ++k) o = o + F.f[k] * cf(k);
+    if (degree >= 3)
+      for (int k = 9; k < 16; ++k) o = o + F.f[k] * cf(k);
+    out[ch] = o;
+  }
+}
+
+// dY_k/d(x, y, z) of the basis functions (math, for the backward); Y_k = -f[1], -f[3] for k = 1, 3.
+inline void basis_grad(int degree, const Dir& d, float dY[16][3]) {
   const float x = d.x, y = d.y, z = d.z;
   const float xx = x * x, yy = y * y, zz = z * z;
-  auto set = [&](int k, float v, float gx, float gy, float gz) {
-    Y[k] = v;
+  auto set = [&](int k, float gx, float gy, float gz) {
     dY[k][0] = gx;
     dY[k][1] = gy;
     dY[k][2] = gz;
   };
-  set(0, C0, 0, 0, 0);
+  set(0, 0, 0, 0);
   if (degree >= 1) {
-    set(1, -C1 * y, 0, -C1, 0);
-    set(2, C1 * z, 0, 0, C1);
-    set(3, -C1 * x, -C1, 0, 0);
+    set(1, 0, -C1, 0);
+    set(2, 0, 0, C1);
+    set(3, -C1, 0, 0);
   }
   if (degree >= 2) {
-    set(4, C2[0] * x * y, C2[0] * y, C2[0] * x, 0);
-    set(5, C2[1] * y * z, 0, C2[1] * z, C2[1] * y);
-    set(6, C2[2] * (2 * zz - xx - yy), -2 * C2[2] * x, -2 * C2[2] * y, 4 * C2[2] * z);
-    set(7, C2[3] * x * z, C2[3] * z, 0, C2[3] * x);
-    set(8, C2[4] * (xx - yy), 2 * C2[4] * x, -2 * C2[4] * y, 0);
+    set(4, C2[0] * y, C2[0] * x, 0);
+    set(5, 0, C2[1] * z, C2[1] * y);
+    set(6, -2 * C2[2] * x, -2 * C2[2] * y, 4 * C2[2] * z);
+    set(7, C2[3] * z, 0, C2[3] * x);
+    set(8, 2 * C2[4] * x, -2 * C2[4] * y, 0);
   }
   if (degree >= 3) {
-    set(9, C3[0] * y * (3 * xx - yy), C3[0] * 6 * x * y, C3[0] * (3 * xx - 3 * yy), 0);
-    set(10, C3[1] * x * y * z, C3[1] * y * z, C3[1] * x * z, C3[1] * x * y);
-    set(11, C3[2] * y * (4 * zz - xx - yy), C3[2] * -2 * x * y, C3[2] * (4 * zz - xx - 3 * yy), C3[2] * 8 * y * z);
-    set(12, C3[3] * z * (2 * zz - 3 * xx - 3 * yy), C3[3] * -6 * x * z, C3[3] * -6 * y * z,
-        C3[3] * (6 * zz - 3 * xx - 3 * yy));
-    set(13, C3[4] * x * (4 * zz - xx - yy), C3[4] * (4 * zz - 3 * xx - yy), C3[4] * -2 * x * y, C3[4] * 8 * x * z);
-    set(14, C3[5] * z * (xx - yy), C3[5] * 2 * x * z, C3[5] * -2 * y * z, C3[5] * (xx - yy));
-    set(15, C3[6] * x * (xx - 3 * yy), C3[6] * (3 * xx - 3 * yy), C3[6] * -6 * x * y, 0);
+    set(9, C3[0] * 6 * x * y, C3[0] * (3 * xx - 3 * yy), 0);
+    set(10, C3[1] * y * z, C3[1] * x * z, C3[1] * x * y);
+    set(11, C3[2] * -2 * x * y, C3[2] * (4 * zz - xx - 3 * yy), C3[2] * 8 * y * z);
+    set(12, C3[3] * -6 * x * z, C3[3] * -6 * y * z, C3[3] * (6 * zz - 3 * xx - 3 * yy));
+    set(13, C3[4] * (4 * zz - 3 * xx - yy), C3[4] * -2 * x * y, C3[4] * 8 * x * z);
+    set(14, C3[5] * 2 * x * z, C3[5] * -2 * y * z, C3[5] * (xx - yy));
+    set(15, C3[6] * (3 * xx - 3 * yy), C3[6] * -6 * x * y, 0);
   }
-  return (degree + 1) * (degree + 1);
 }
 
 void check(const at::Tensor& means, const at::Tensor& coeffs, int64_t degree, const at::Tensor& viewmats) {
@@ -139,8 +158,9 @@ at::Tensor sh_forward(const at::Tensor& means, const at::Tensor& coeffs, int64_t
     for (int64_t c = 0; c < C; ++c)
       for (int64_t n = b; n < e; ++n) {
         const Dir d = view_dir(m + 3 * n, cps.data() + 3 * c);
-        for (int ch = 0; ch < 3; ++ch)
-          out[(c * N + n) * 3 + ch] = std::max(eval_channel(deg, co + n * K * 3, ch, d) + 0.5f, 0.0f);
+        float v[3];
+        eval_rgb(deg, co + n * K * 3, sh_factors(deg, d), v);
+        for (int ch = 0; ch < 3; ++ch) out[(c * N + n) * 3 + ch] = std::max(v[ch] + 0.5f, 0.0f);
       }
   });
   return colors;
@@ -155,8 +175,10 @@ std::vector<at::Tensor> sh_backward(const at::Tensor& means, const at::Tensor& c
               "cpu rasterizer: bad colour gradient");
   std::vector<float> cps(3 * C);
   for (int64_t c = 0; c < C; ++c) camera_center(viewmats.data_ptr<float>() + 16 * c, cps.data() + 3 * c);
-  at::Tensor g_means = at::zeros({N, 3}, at::kFloat);
-  at::Tensor g_coeffs = at::zeros({N, K, 3}, at::kFloat);
+  // Each Gaussian's rows are accumulated locally and written once (the coefficients' gradient is the
+  // size of the coefficients: a zero-fill first would be a second pass over it).
+  at::Tensor g_means = at::empty({N, 3}, at::kFloat);
+  at::Tensor g_coeffs = at::empty({N, K, 3}, at::kFloat);
   const float* m = means.data_ptr<float>();
   const float* co = coeffs.data_ptr<float>();
   const float* gc = g_colors.data_ptr<float>();
@@ -164,24 +186,28 @@ std::vector<at::Tensor> sh_backward(const at::Tensor& means, const at::Tensor& c
   float* o_gc = g_coeffs.data_ptr<float>();
   const int deg = static_cast<int>(degree);
   parallel_range(N, 512, [&](int64_t b, int64_t e) {
-    float Y[16], dY[16][3];
+    float dY[16][3];
     for (int64_t n = b; n < e; ++n) {
       const float* cn = co + n * K * 3;
-      float* gcn = o_gc + n * K * 3;
+      float gcn[16 * 3] = {0};  // the used bases; higher ones (K > (degree+1)^2) get zero
       float gmean[3] = {0, 0, 0};
       for (int64_t c = 0; c < C; ++c) {
         const float* g = gc + (c * N + n) * 3;
         if (g[0] == 0.0f && g[1] == 0.0f && g[2] == 0.0f) continue;
         const Dir d = view_dir(m + 3 * n, cps.data() + 3 * c);
         // clamp_min(0) passes the gradient where the unclamped value is >= 0 (torch's rule).
-        float go[3];
-        for (int ch = 0; ch < 3; ++ch) go[ch] = (eval_channel(deg, cn, ch, d) + 0.5f >= 0.0f) ? g[ch] : 0.0f;
-        const int nb = basis(deg, d, Y, dY);
+        const ShFactors F = sh_factors(deg, d);
+        float v[3], go[3];
+        eval_rgb(deg, cn, F, v);
+        for (int ch = 0; ch < 3; ++ch) go[ch] = (v[ch] + 0.5f >= 0.0f) ? g[ch] : 0.0f;
+        const int nb = (deg + 1) * (deg + 1);
+        basis_grad(deg, d, dY);
         float gdir[3] = {0, 0, 0};
         for (int k = 0; k < nb; ++k) {
+          const float Yk = (k == 1 || k == 3) ? -F.f[k] : F.f[k];
           float s = 0.0f;
           for (int ch = 0; ch < 3; ++ch) {
-            gcn[3 * k + ch] += Y[k] * go[ch];
+            gcn[3 * k + ch] += Yk * go[ch];
             s += cn[3 * k + ch] * go[ch];
           }
           for (int i = 0; i < 3; ++i) gdir[i] += dY[k][i] * s;
@@ -198,6 +224,9 @@ std::vector<at::Tensor> sh_backward(const at::Tensor& means, const at::Tensor& c
         }
       }
       for (int i = 0; i < 3; ++i) o_gm[3 * n + i] = gmean[i];
+      const int nb = 3 * (deg + 1) * (deg + 1);
+      std::copy(gcn, gcn + nb, o_gc + n * K * 3);
+      std::fill(o_gc + n * K * 3 + nb, o_gc + (n + 1) * K * 3, 0.0f);
     }
   });
   return {g_means, g_coeffs};
