@@ -15,8 +15,10 @@ What is timed, per camera (each camera is its own C=1 call, as in training): the
 internal.rasterize.rasterize(...) call, projection + SH + compositing + background, with inputs that
 require grad (the training forward), and the forward plus backward of loss = sum(colors * R) + sum(alphas * R')
 (R, R' fixed random weights: every input gradient is non-trivial). Each figure is the median over
-repeats x cameras (the machine is shared and noisy; min is printed too). The torch reference on the large
+repeats x cameras (the machine is shared and noisy; min is printed too, and "cpu", the CPU time the
+process used in all its threads, which other jobs on the machine do not inflate). The torch reference on the large
 scene is timed on 1 camera, 1 repeat (minutes), or skipped with --skip-torch-large; the output says so.
+The torch reference runs --torch-repeats times per camera (default 1: seconds per call on garden).
 
 Peak memory: measured in a fresh child process per (scene, backend), which runs one forward and one
 backward and reports the peak resident-set growth of each phase: the kernel's high-water mark VmHWM is
@@ -143,26 +145,31 @@ def time_backend(scene: dict, backend: str, cameras: list[int], repeats: int) ->
     if device == "cuda":
         scene = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in scene.items()}
     w_rgb, w_alpha = (w.to(device) for w in loss_weights(scene))
-    fwd, fwdbwd = [], []
+    fwd, fwdbwd, cpu_fwd, cpu_fwdbwd = [], [], [], []
     for rep in range(repeats):
         for cam in cameras:
             params = leaf_params(scene, device)
             sync(backend)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = render(scene, cam, backend, params)
             sync(backend)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             loss = (out.colors * w_rgb).sum() + (out.alphas * w_alpha).sum()
             loss.backward()
             sync(backend)
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
             fwd.append(t1 - t0)
             fwdbwd.append(t2 - t0)
+            cpu_fwd.append(c1 - c0)
+            cpu_fwdbwd.append(c2 - c0)
     return {
         "forward_ms": 1e3 * statistics.median(fwd),
         "forward_backward_ms": 1e3 * statistics.median(fwdbwd),
         "forward_min_ms": 1e3 * min(fwd),
         "forward_backward_min_ms": 1e3 * min(fwdbwd),
+        # CPU seconds the process used (all threads): robust to other jobs on a shared machine
+        "forward_cpu_ms": 1e3 * statistics.median(cpu_fwd),
+        "forward_backward_cpu_ms": 1e3 * statistics.median(cpu_fwdbwd),
         "samples": len(fwd),
     }
 
@@ -244,6 +251,7 @@ def main() -> None:
     ap.add_argument("--scenes", default="garden,large", help="comma-separated: garden, large")
     ap.add_argument("--backends", default=None, help="comma-separated; default torch,cpu (+ gsplat with CUDA)")
     ap.add_argument("--repeats", type=int, default=5, help="repeats per camera (median reported)")
+    ap.add_argument("--torch-repeats", type=int, default=1, help="repeats per camera for the (slow) torch reference")
     ap.add_argument("--skip-torch-large", action="store_true", help="do not run the torch reference on large")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
@@ -275,6 +283,8 @@ def main() -> None:
         results[name] = {}
         for backend in backends:
             cameras, repeats, note = list(range(n_cam)), args.repeats, ""
+            if backend == "torch":
+                repeats = args.torch_repeats
             if backend == "torch" and name == "large":
                 if args.skip_torch_large:
                     print(f"   {backend:6s} skipped (--skip-torch-large)")
@@ -290,9 +300,10 @@ def main() -> None:
             results[name][backend] = r
             mem_txt = (f", peak RSS growth fwd {r['forward_peak_mb']:.0f} MB / bwd {r['backward_peak_mb']:.0f} MB"
                        if "peak_mb" in r else "")
-            print(f"   {backend:6s} forward {r['forward_ms']:9.1f} ms (min {r['forward_min_ms']:.1f})  "
-                  f"fwd+bwd {r['forward_backward_ms']:9.1f} ms (min {r['forward_backward_min_ms']:.1f})  "
-                  f"{r['pairs_per_s'] / 1e9:.2f} G pairs/s{mem_txt}  [{r['samples']} samples]{note}")
+            print(f"   {backend:6s} forward {r['forward_ms']:9.1f} ms (min {r['forward_min_ms']:.1f}, cpu {r['forward_cpu_ms']:.0f})  "
+                  f"fwd+bwd {r['forward_backward_ms']:9.1f} ms (min {r['forward_backward_min_ms']:.1f}, "
+                  f"cpu {r['forward_backward_cpu_ms']:.0f})  {r['pairs_per_s'] / 1e9:.2f} G pairs/s{mem_txt}  "
+                  f"[{r['samples']} samples]{note}")
         if "torch" in results[name]:
             ref = results[name]["torch"]
             for backend, r in results[name].items():

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -43,26 +44,61 @@ inline uint32_t depth_key(float d) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// Stable LSD radix sort of `vals` by `keys` (11-bit digits, 3 passes, a pass is skipped when every
-// key has the same digit). Stability gives the reference's tie order: vals arrive in index order.
-void radix_sort(std::vector<uint32_t>& keys, std::vector<int32_t>& vals) {
-  const size_t n = keys.size();
-  std::vector<uint32_t> k2(n);
-  std::vector<int32_t> v2(n);
-  for (int shift = 0; shift < 32; shift += 11) {
-    const uint32_t mask = 0x7FFu;
-    std::vector<int64_t> count(2049, 0);
-    for (size_t i = 0; i < n; ++i) ++count[((keys[i] >> shift) & mask) + 1];
+// Runs f(k, begin, end) for the `parts` contiguous chunks of [0, n), one chunk per OpenMP thread.
+// Two calls with the same n and parts see the same chunks, which the stable passes below rely on.
+template <typename F>
+void for_chunks(int64_t n, int parts, const F& f) {
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+  for (int k = 0; k < parts; ++k) f(k, chunk_begin(n, parts, k), chunk_begin(n, parts, k + 1));
+}
+
+inline int chunks_for(int64_t n, int64_t grain) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), n / grain)));
+}
+
+// Stable LSD radix sort of `vals` by `keys` (11-bit digits, 3 passes; a pass is skipped when every key
+// has the same digit). Stability gives the reference's tie order, since vals arrive in index order.
+// Parallel: each thread histograms its chunk, and the scatter offsets are prefix sums over
+// (digit, thread), so a thread's elements of one digit land after those of the threads before it and
+// in order within its chunk: the result is the same stable order for any thread count.
+void radix_sort(std::unique_ptr<uint32_t[]>& keys, std::unique_ptr<int32_t[]>& vals, int64_t n) {
+  constexpr int kBits = 11, kBuckets = 1 << kBits;
+  const int parts = chunks_for(n, 1 << 15);
+  std::unique_ptr<uint32_t[]> k2 = uninitialized<uint32_t>(n);
+  std::unique_ptr<int32_t[]> v2 = uninitialized<int32_t>(n);
+  std::vector<int64_t> hist(static_cast<size_t>(parts) * kBuckets);
+  for (int shift = 0; shift < 32; shift += kBits) {
+    const uint32_t* kin = keys.get();
+    for_chunks(n, parts, [&](int k, int64_t b, int64_t e) {
+      int64_t* h = hist.data() + static_cast<size_t>(k) * kBuckets;
+      std::fill(h, h + kBuckets, 0);
+      for (int64_t i = b; i < e; ++i) ++h[(kin[i] >> shift) & (kBuckets - 1)];
+    });
     bool trivial = false;
-    for (int b = 1; b <= 2048; ++b)
-      if (count[b] == static_cast<int64_t>(n)) trivial = true;
-    if (trivial) continue;
-    for (int b = 0; b < 2048; ++b) count[b + 1] += count[b];
-    for (size_t i = 0; i < n; ++i) {
-      const int64_t pos = count[(keys[i] >> shift) & mask]++;
-      k2[pos] = keys[i];
-      v2[pos] = vals[i];
+    int64_t pos = 0;
+    for (int d = 0; d < kBuckets; ++d) {
+      int64_t total = 0;
+      for (int k = 0; k < parts; ++k) {
+        int64_t& h = hist[static_cast<size_t>(k) * kBuckets + d];
+        const int64_t c = h;
+        h = pos;  // becomes chunk k's first position for digit d
+        pos += c;
+        total += c;
+      }
+      trivial |= total == n;
     }
+    if (trivial) continue;
+    const int32_t* vin = vals.get();
+    uint32_t* kout = k2.get();
+    int32_t* vout = v2.get();
+    for_chunks(n, parts, [&](int k, int64_t b, int64_t e) {
+      int64_t* h = hist.data() + static_cast<size_t>(k) * kBuckets;
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t p = h[(kin[i] >> shift) & (kBuckets - 1)]++;
+        kout[p] = kin[i];
+        vout[p] = vin[i];
+      }
+    });
     keys.swap(k2);
     vals.swap(v2);
   }
@@ -92,36 +128,40 @@ struct Binning {
 Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
   const int64_t N = in.N;
   const int64_t n_tiles = int64_t(tiles_x) * tiles_y;
-  // Tile rects of every Gaussian (empty when culled).
+  // Tile rects of every Gaussian (empty when culled), and the visible ones in index order with their
+  // depth keys (two passes over the same chunks: count, then write at the chunk's offset).
   const std::unique_ptr<Rect[]> rects = uninitialized<Rect>(N);
-  parallel_range(N, 4096, [&](int64_t b, int64_t e) {
+  const int parts = chunks_for(N, 1 << 14);
+  std::vector<int64_t> chunk_count(parts + 1, 0);
+  for_chunks(N, parts, [&](int k, int64_t b, int64_t e) {
+    int64_t cnt = 0;
     for (int64_t n = b; n < e; ++n) {
       const int32_t r = in.radii[n];
-      if (r <= 0) {
-        rects[n] = Rect{0, 0, 0, 0};
-        continue;
-      }
-      rects[n] = tile_rect(in.means2d[2 * n], in.means2d[2 * n + 1], r, tiles_x, tiles_y);
+      rects[n] = r > 0 ? tile_rect(in.means2d[2 * n], in.means2d[2 * n + 1], r, tiles_x, tiles_y) : Rect{0, 0, 0, 0};
+      cnt += rects[n].area() > 0;
     }
+    chunk_count[k + 1] = cnt;
   });
-  // Visible Gaussians in index order, then stable-sorted by depth.
-  std::vector<int32_t> order;
-  std::vector<uint32_t> keys;
-  for (int64_t n = 0; n < N; ++n) {
-    if (rects[n].area() > 0) {
-      order.push_back(static_cast<int32_t>(n));
-      keys.push_back(depth_key(in.depths[n]));
-    }
-  }
-  radix_sort(keys, order);
-  const int64_t V = static_cast<int64_t>(order.size());
+  for (int k = 0; k < parts; ++k) chunk_count[k + 1] += chunk_count[k];
+  const int64_t V = chunk_count[parts];
+  std::unique_ptr<int32_t[]> order = uninitialized<int32_t>(V);
+  std::unique_ptr<uint32_t[]> keys = uninitialized<uint32_t>(V);
+  for_chunks(N, parts, [&](int k, int64_t b, int64_t e) {
+    int64_t w = chunk_count[k];
+    for (int64_t n = b; n < e; ++n)
+      if (rects[n].area() > 0) {
+        order[w] = static_cast<int32_t>(n);
+        keys[w++] = depth_key(in.depths[n]);
+      }
+  });
+  radix_sort(keys, order, V);
 
   Binning b;
   b.vis_ids = at::empty({V}, at::kInt);
   b.vis_start = at::empty({V + 1}, at::kLong);
   int32_t* vis_ids = b.vis_ids.data_ptr<int32_t>();
   int64_t* vis_start = b.vis_start.data_ptr<int64_t>();
-  std::copy(order.begin(), order.end(), vis_ids);
+  std::copy(order.get(), order.get() + V, vis_ids);
   vis_start[0] = 0;
   for (int64_t r = 0; r < V; ++r) vis_start[r + 1] = vis_start[r] + rects[vis_ids[r]].area();
   const int64_t K = vis_start[V];
@@ -352,10 +392,15 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
   at::Tensor g_opacities = at::empty(opacities.sizes(), at::kFloat);
   for (at::Tensor* t : {&g_means2d, &g_conics, &g_features, &g_opacities}) parallel_zero(t->data_ptr<float>(), t->numel());
   const int sstride = 6 + D;
-  int64_t k_max = 0;
-  for (int64_t c = 0; c < C; ++c) k_max = std::max(k_max, state[2 + 5 * c + 1].size(0));
-  // One slot per (tile, Gaussian) pair; reused camera after camera.
-  const std::unique_ptr<float[]> slots = uninitialized<float>(static_cast<size_t>(k_max) * sstride);
+  // Each (tile, Gaussian) pair gets a gradient slot of 6 + D floats. On big scenes all of a camera's
+  // slots would outweigh everything else the backward allocates, so tiles are processed in groups whose
+  // slots fit kSlotBudget bytes; after each group every Gaussian adds its slots of the group, in tile
+  // order, to its running sum. The sequence of additions is the same for any grouping or thread count
+  // (each Gaussian adds its slots one by one, in tile order), so the result is too.
+  // (CPU_RASTERIZER_SLOT_BUDGET, in bytes, overrides the 64 MiB budget: the tests use a tiny one.)
+  const char* budget_env = std::getenv("CPU_RASTERIZER_SLOT_BUDGET");
+  const int64_t slot_budget = budget_env ? std::max<int64_t>(1, std::atoll(budget_env)) : (int64_t(64) << 20);
+  const int64_t group_entries = std::max<int64_t>(1, slot_budget / (4 * sstride));
   const int64_t pix = int64_t(H) * W;
   for (int64_t c = 0; c < C; ++c) {
     const CameraInputs in = camera_inputs(means2d, conics, features, opacities, depths, radii, c);
@@ -366,43 +411,64 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
     const int32_t* entry_pos = state[2 + 5 * c + 4].data_ptr<int32_t>();
     const int64_t V = state[2 + 5 * c + 2].size(0);
     TORCH_CHECK(state[2 + 5 * c].size(0) == n_tiles + 1, "cpu rasterizer: saved state does not match the image size");
+    if (V == 0) continue;
     const std::unique_ptr<float[]> packed = pack_gaussians(in, vis_ids, V);
     const float* gr_c = g_render.data_ptr<float>() + c * pix * D;
     const float* ga_c = g_alpha.data_ptr<float>() + c * pix;
     const int32_t* l_c = last.data_ptr<int32_t>() + c * pix;
     const float* t_c = tfinal.data_ptr<float>() + c * pix;
-    const std::vector<int64_t> order = tile_order(offsets, n_tiles, false);
-    dispatch_channels(D, [&](auto dc) {
-      constexpr int DC = decltype(dc)::value;
-      for_each_tile<BackwardTile<DC>>(order, [&](BackwardTile<DC>& kernel, int64_t t) {
-        const TileGeometry tg = tile_geometry(t, tiles_x, W, H);
-        kernel.run(packed.get(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, gr_c, ga_c, l_c,
-                          t_c, slots.get() + offsets[t] * sstride);
-      });
-    });
-    // Sum each Gaussian's slots in tile order (fixed, so deterministic for any thread count).
+    // Tile groups: consecutive tiles, as many as fit the slot budget (at least one).
+    std::vector<int64_t> groups = {0};
+    int64_t max_group = 0;
+    for (int64_t t = 1; t <= n_tiles; ++t)
+      if (t == n_tiles || offsets[t + 1] - offsets[groups.back()] > group_entries) {
+        max_group = std::max(max_group, offsets[t] - offsets[groups.back()]);
+        groups.push_back(t);
+      }
+    const std::unique_ptr<float[]> slots = uninitialized<float>(static_cast<size_t>(max_group) * sstride);
+    const std::unique_ptr<int64_t[]> cursor = uninitialized<int64_t>(V);
+    std::copy(vis_start, vis_start + V, cursor.get());
+    // The sums accumulate directly in the (zero-initialised) gradient outputs.
     float* gm = g_means2d.data_ptr<float>() + c * N * 2;
     float* gc = g_conics.data_ptr<float>() + c * N * 3;
     float* gf = g_features.data_ptr<float>() + c * N * D;
     float* go = g_opacities.data_ptr<float>() + (opacities.dim() == 2 ? c * N : 0);
-    parallel_range(V, 1024, [&](int64_t b, int64_t e) {
-      float sum[6 + kMaxD];
-      for (int64_t r = b; r < e; ++r) {
-        std::fill(sum, sum + sstride, 0.0f);
-        for (int64_t k = vis_start[r]; k < vis_start[r + 1]; ++k) {
-          const float* s = slots.get() + static_cast<int64_t>(entry_pos[k]) * sstride;
-          for (int q = 0; q < sstride; ++q) sum[q] += s[q];
+    for (size_t gi = 0; gi + 1 < groups.size(); ++gi) {
+      const int64_t t_lo = groups[gi], t_hi = groups[gi + 1];
+      const int64_t pos_lo = offsets[t_lo], pos_hi = offsets[t_hi];
+      if (pos_hi == pos_lo) continue;
+      std::vector<int64_t> order = tile_order(offsets + t_lo, t_hi - t_lo, false);
+      for (int64_t& t : order) t += t_lo;
+      dispatch_channels(D, [&](auto dc) {
+        constexpr int DC = decltype(dc)::value;
+        for_each_tile<BackwardTile<DC>>(order, [&](BackwardTile<DC>& kernel, int64_t t) {
+          const TileGeometry tg = tile_geometry(t, tiles_x, W, H);
+          kernel.run(packed.get(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, gr_c, ga_c, l_c, t_c,
+                     slots.get() + (offsets[t] - pos_lo) * sstride);
+        });
+      });
+      // Each Gaussian's entries are in tile order, so those of this group are the next ones from its cursor.
+      parallel_range(V, 1024, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          const int64_t n = vis_ids[r];
+          float* m = gm + 2 * n;
+          float* cn = gc + 3 * n;
+          float* f = gf + n * D;
+          int64_t k = cursor[r];
+          for (; k < vis_start[r + 1] && entry_pos[k] < pos_hi; ++k) {
+            const float* s = slots.get() + (static_cast<int64_t>(entry_pos[k]) - pos_lo) * sstride;
+            m[0] += s[0];
+            m[1] += s[1];
+            cn[0] += s[2];
+            cn[1] += s[3];
+            cn[2] += s[4];
+            go[n] += s[5];
+            for (int d = 0; d < D; ++d) f[d] += s[6 + d];
+          }
+          cursor[r] = k;
         }
-        const int64_t n = vis_ids[r];
-        gm[2 * n] = sum[0];
-        gm[2 * n + 1] = sum[1];
-        gc[3 * n] = sum[2];
-        gc[3 * n + 1] = sum[3];
-        gc[3 * n + 2] = sum[4];
-        go[n] += sum[5];
-        for (int d = 0; d < D; ++d) gf[n * D + d] = sum[6 + d];
-      }
-    });
+      });
+    }
   }
   return {g_means2d, g_conics, g_features, g_opacities};
 }
