@@ -27,6 +27,11 @@ child runs with MALLOC_MMAP_THRESHOLD_=65536 and MALLOC_TRIM_THRESHOLD_=0, so th
 torch go back to the OS at once and RSS follows live memory instead of glibc's caches. The backward's
 figure is measured with the forward's outputs and saved tensors already alive (they are in the baseline).
 
+OpenMP: torch and the cpu backend share GNU OpenMP, whose idle threads spin at every barrier by default.
+On a machine shared with other jobs a spinning or preempted thread stalls each parallel region for up to a
+scheduler slice, which made 2 threads 2-3x slower than 1 here; OMP_WAIT_POLICY=PASSIVE (set before Python
+starts) avoids that. The header line prints the policy in effect.
+
 Throughput: pixel-Gaussian pairs per second, where pairs = sum over tiles of (Gaussians in the tile's list
 x pixels of the tile), the same count for every backend (the work a compositor without early termination
 does; the reference does exactly this, the cpu backend stops early and skips pixels outside footprints).
@@ -269,7 +274,8 @@ def main() -> None:
     if "cpu" in backends and not native_available():
         print("cpu backend: the native extension is not built (scripts/setup.sh); skipping it")
         backends.remove("cpu")
-    print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, repeats {args.repeats}, "
+    print(f"threads {torch.get_num_threads()} (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
+          f"torch {torch.__version__}, repeats {args.repeats}, "
           f"backends {', '.join(backends)}" + ("" if torch.cuda.is_available() else " (no CUDA: gsplat not run)"))
     results: dict = {}
     for name in args.scenes.split(","):

@@ -48,9 +48,18 @@ inline uint32_t depth_key(float d) {
 // Two calls with the same n and parts see the same chunks, which the stable passes below rely on.
 template <typename F>
 void for_chunks(int64_t n, int parts, const F& f) {
+  if (parts <= 1) {
+    f(0, int64_t(0), n);
+    return;
+  }
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
   for (int k = 0; k < parts; ++k) f(k, chunk_begin(n, parts, k), chunk_begin(n, parts, k + 1));
 }
+
+// Threads for a pass over n items: only large passes are split. Every parallel region ends in a
+// barrier, and on a machine shared with other jobs a barrier can wait for a preempted thread for a whole
+// scheduler slice, so the cheap binning passes stay serial unless they are big (about 1M items).
+constexpr int64_t kBinGrain = int64_t(1) << 19;
 
 inline int chunks_for(int64_t n, int64_t grain) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), n / grain)));
@@ -63,7 +72,7 @@ inline int chunks_for(int64_t n, int64_t grain) {
 // in order within its chunk: the result is the same stable order for any thread count.
 void radix_sort(std::unique_ptr<uint32_t[]>& keys, std::unique_ptr<int32_t[]>& vals, int64_t n) {
   constexpr int kBits = 11, kBuckets = 1 << kBits;
-  const int parts = chunks_for(n, 1 << 15);
+  const int parts = chunks_for(n, kBinGrain);
   std::unique_ptr<uint32_t[]> k2 = uninitialized<uint32_t>(n);
   std::unique_ptr<int32_t[]> v2 = uninitialized<int32_t>(n);
   std::vector<int64_t> hist(static_cast<size_t>(parts) * kBuckets);
@@ -131,7 +140,7 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
   // Tile rects of every Gaussian (empty when culled), and the visible ones in index order with their
   // depth keys (two passes over the same chunks: count, then write at the chunk's offset).
   const std::unique_ptr<Rect[]> rects = uninitialized<Rect>(N);
-  const int parts = chunks_for(N, 1 << 14);
+  const int parts = chunks_for(N, kBinGrain);
   std::vector<int64_t> chunk_count(parts + 1, 0);
   for_chunks(N, parts, [&](int k, int64_t b, int64_t e) {
     int64_t cnt = 0;
@@ -169,23 +178,16 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
 
   // Scatter into tile lists. Each thread takes a contiguous range of ranks and counts per tile;
   // thread k's slots in a tile come after threads 0..k-1's, so every list stays in rank order.
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), V / 2048)));
+  const int nt = chunks_for(V, kBinGrain / 4);
   std::vector<int64_t> counts(static_cast<size_t>(nt) * n_tiles, 0);
-  auto rank_range = [&](int k, int64_t& rb, int64_t& re) {
-    rb = chunk_begin(V, nt, k);
-    re = chunk_begin(V, nt, k + 1);
-  };
-#pragma omp parallel for num_threads(nt) schedule(static, 1)
-  for (int k = 0; k < nt; ++k) {
-    int64_t rb, re;
-    rank_range(k, rb, re);
+  for_chunks(V, nt, [&](int k, int64_t rb, int64_t re) {
     int64_t* cnt = counts.data() + static_cast<size_t>(k) * n_tiles;
     for (int64_t r = rb; r < re; ++r) {
       const Rect& t = rects[vis_ids[r]];
       for (int32_t ty = t.y0; ty < t.y1; ++ty)
         for (int32_t tx = t.x0; tx < t.x1; ++tx) ++cnt[int64_t(ty) * tiles_x + tx];
     }
-  }
+  });
   b.tile_offsets = at::empty({n_tiles + 1}, at::kLong);
   int64_t* offsets = b.tile_offsets.data_ptr<int64_t>();
   offsets[0] = 0;
@@ -203,10 +205,7 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
   b.entry_pos = at::empty({K}, at::kInt);
   int32_t* isect = b.isect.data_ptr<int32_t>();
   int32_t* entry_pos = b.entry_pos.data_ptr<int32_t>();
-#pragma omp parallel for num_threads(nt) schedule(static, 1)
-  for (int k = 0; k < nt; ++k) {
-    int64_t rb, re;
-    rank_range(k, rb, re);
+  for_chunks(V, nt, [&](int k, int64_t rb, int64_t re) {
     int64_t* cursor = counts.data() + static_cast<size_t>(k) * n_tiles;
     for (int64_t r = rb; r < re; ++r) {
       const Rect& t = rects[vis_ids[r]];
@@ -218,7 +217,7 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
           entry_pos[e++] = static_cast<int32_t>(pos);
         }
     }
-  }
+  });
   return b;
 }
 

@@ -44,7 +44,7 @@ inline std::unique_ptr<T[]> uninitialized(size_t n) {
 
 // Zero-fills n floats in parallel: a fresh output's first touch (and its page faults) on all threads.
 inline void parallel_zero(float* p, int64_t n) {
-  parallel_range(n, 1 << 16, [&](int64_t b, int64_t e) { std::memset(p + b, 0, sizeof(float) * (e - b)); });
+  parallel_range(n, int64_t(1) << 20, [&](int64_t b, int64_t e) { std::memset(p + b, 0, sizeof(float) * (e - b)); });
 }
 
 }  // namespace cpu_rasterizer
