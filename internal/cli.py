@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from . import ddp  # several processes; importing it registers the "gaussian_ddp" strategy name
 from .callbacks import AtomicCheckpointIO, SaveAtSteps, WriteCameras
 from .data.datamodule import DataModule
 from .module import GaussianSplatting
@@ -142,3 +143,6 @@ def main(args=None) -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    # Several processes (internal/ddp.py): every rank that finished cleanly releases the process group,
+    # which torch wants before exit (gloo may abort the interpreter's shutdown otherwise).
+    ddp.shutdown()

@@ -22,7 +22,7 @@ import torch
 from jsonargparse import lazy_instance
 from PIL import Image
 
-from . import metrics
+from . import ddp, metrics
 from .density import DensityController
 from .gaussians import GaussianModel
 from .optim import create_optimizer, exp_lr
@@ -162,6 +162,7 @@ class GaussianSplatting(lightning.LightningModule):
                 "and consider lower learning rates (--model.optimization.*_lr) or a different seed."
             )
         self.manual_backward(loss)
+        ddp.average_gradients(self)  # several processes: one flat all_reduce; no-op on one
 
         with torch.no_grad():
             if out.means2d.grad is not None:
@@ -170,6 +171,8 @@ class GaussianSplatting(lightning.LightningModule):
                 step, self.gaussians, optimizer.optimizer, float(self.extent), self.generator,
                 white_background=bool(self.scene_background.min() >= 1.0),
             )
+        if info and (info.get("densified") or info.get("reset")):
+            ddp.check_same_model(self, optimizer, f"after densification at step {step}")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -187,7 +190,7 @@ class GaussianSplatting(lightning.LightningModule):
         lr = exp_lr(step, o.means_lr_init * float(self.extent), o.means_lr_final * float(self.extent), o.means_lr_max_steps)
         for group in optimizer.param_groups:
             if group.get("name") == "means":
-                group["lr"] = lr
+                group["lr"] = lr * ddp.lr_factor(group)  # x sqrt(images per step) under several processes
 
     def _training_background(self, device) -> torch.Tensor:
         if self.background_mode == "random":
@@ -249,7 +252,9 @@ class GaussianSplatting(lightning.LightningModule):
             return
         mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim") + (("lpips",) if "lpips" in rows[0] else ())}
         for k, v in mean.items():
-            self.log(f"{split}/{k}", v, prog_bar=(k == "psnr"), sync_dist=False, rank_zero_only=True)
+            # Every process evaluated every image with the same model: the values agree, and the (cheap)
+            # mean over processes keeps Lightning's collectives and warnings in order under DDP.
+            self.log(f"{split}/{k}", v, prog_bar=(k == "psnr"), sync_dist=ddp.world_size() > 1)
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         folder = self._output_dir() / "metrics"
@@ -282,8 +287,23 @@ class GaussianSplatting(lightning.LightningModule):
     def _output_dir(self) -> Path:
         return Path(self.trainer.default_root_dir)
 
+    # ---------------------------------------------------------------- several processes (internal/ddp.py)
+    def on_fit_start(self) -> None:
+        ddp.check_strategy(self.trainer)
+        # Densification statistics are summed over processes right before each decision.
+        self.density.reduce_fn = ddp.sum_across_processes if ddp.world_size() > 1 else None
+        ddp.check_same_model(self, self.optimizers(use_pl_optimizer=False), f"start of training at step {self.global_step}")
+
+    def on_train_start(self) -> None:
+        # After the optimizer state is restored: Adam set for N images per step (N processes).
+        ddp.scale_optimizer_for_batch(self.trainer, self.optimizers(use_pl_optimizer=False))
+
+    def on_train_end(self) -> None:
+        ddp.check_same_model(self, self.optimizers(use_pl_optimizer=False), f"end of training at step {self.global_step}")
+
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        ddp.globalize_density_stats(checkpoint, self)  # the statistics summed over processes
         checkpoint["gs_generator_state"] = self.generator.get_state()
         checkpoint["gs_renderer"] = {"class_path": f"{type(self.renderer).__module__}.{type(self.renderer).__name__}",
                                      "init_args": {"backend": self.renderer.backend, "near": self.renderer.near,
@@ -292,6 +312,7 @@ class GaussianSplatting(lightning.LightningModule):
                                     if not k.startswith("_") and isinstance(v, (int, float, bool))}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        ddp.localize_density_stats(checkpoint, self)  # rank 0 takes them, other ranks start at zero
         self._checkpoint_step = int(checkpoint.get("global_step", 0))
         if "gs_generator_state" in checkpoint:
             self.generator.set_state(checkpoint["gs_generator_state"])
