@@ -227,6 +227,13 @@ std::unique_ptr<float[]> pack_gaussians(const CameraInputs& in, const int32_t* v
   std::unique_ptr<float[]> packed = uninitialized<float>(static_cast<size_t>(V) * stride);
   parallel_range(V, 2048, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
+      if (r + 16 < e) {  // ranks are in depth order, so the inputs are read at random: fetch ahead
+        const int64_t m = vis_ids[r + 16];
+        __builtin_prefetch(in.means2d + 2 * m);
+        __builtin_prefetch(in.conics + 3 * m);
+        __builtin_prefetch(in.opacities + m);
+        __builtin_prefetch(in.features + m * in.D);
+      }
       const int64_t n = vis_ids[r];
       pack_record(packed.get() + r * stride, in.means2d + 2 * n, in.conics + 3 * n, in.opacities[n],
                   in.features + n * in.D, in.D);
@@ -409,6 +416,7 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
     const int64_t* vis_start = state[2 + 5 * c + 3].data_ptr<int64_t>();
     const int32_t* entry_pos = state[2 + 5 * c + 4].data_ptr<int32_t>();
     const int64_t V = state[2 + 5 * c + 2].size(0);
+    const int64_t K = state[2 + 5 * c + 4].size(0);
     TORCH_CHECK(state[2 + 5 * c].size(0) == n_tiles + 1, "cpu rasterizer: saved state does not match the image size");
     if (V == 0) continue;
     const std::unique_ptr<float[]> packed = pack_gaussians(in, vis_ids, V);
@@ -449,12 +457,24 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
       // Each Gaussian's entries are in tile order, so those of this group are the next ones from its cursor.
       parallel_range(V, 1024, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
+          if (r + 8 < e) {  // the outputs are indexed by Gaussian, i.e. at random in rank order: fetch ahead
+            const int64_t m8 = vis_ids[r + 8];
+            __builtin_prefetch(gm + 2 * m8, 1);
+            __builtin_prefetch(gc + 3 * m8, 1);
+            __builtin_prefetch(gf + m8 * D, 1);
+            __builtin_prefetch(go + m8, 1);
+          }
           const int64_t n = vis_ids[r];
           float* m = gm + 2 * n;
           float* cn = gc + 3 * n;
           float* f = gf + n * D;
           int64_t k = cursor[r];
           for (; k < vis_start[r + 1] && entry_pos[k] < pos_hi; ++k) {
+            // Slots are read at random: fetch ahead along entry_pos (contiguous across ranks).
+            if (k + 16 < K) {
+              const int64_t ahead = static_cast<int64_t>(entry_pos[k + 16]) - pos_lo;
+              if (ahead >= 0 && ahead < pos_hi - pos_lo) __builtin_prefetch(slots.get() + ahead * sstride);
+            }
             const float* s = slots.get() + (static_cast<int64_t>(entry_pos[k]) - pos_lo) * sstride;
             m[0] += s[0];
             m[1] += s[1];

@@ -16,6 +16,7 @@
 
 #include "common.h"
 #include "parallel.h"
+#include "simd.h"
 
 namespace cpu_rasterizer {
 namespace {
@@ -163,6 +164,106 @@ std::vector<Camera> make_cameras(const at::Tensor& viewmats, const at::Tensor& K
 
 }  // namespace
 
+// project_one for 16 Gaussians at once: the same operations in the same order on 16 lanes (IEEE
+// arithmetic is lane-wise, so every lane equals the scalar result bit for bit). std::min/max(a, b) are
+// written as the selects they are ((a < b) ? b : a), so NaN lanes behave as in the scalar code.
+namespace {
+
+inline vf16 smax(vf16 a, vf16 b) { return select(a < b, b, a); }  // std::max(a, b)
+inline vf16 smin(vf16 a, vf16 b) { return select(b < a, b, a); }  // std::min(a, b)
+
+// clamp_floor (common.h) on lanes: floor, then [0, hi]; NaN gives 0.
+inline vi16 clamp_floor16(vf16 v, int32_t hi) {
+  const vf16 f = vfloor(v);
+  const vf16 c = select(f >= static_cast<float>(hi), splat<vf16>(static_cast<float>(hi)),
+                        select(f > 0.0f, f, splat<vf16>(0.0f)));
+  return __builtin_convertvector(c, vi16);
+}
+
+struct Lanes16 {
+  vf16 m[3], q[4], s[3];
+};
+
+void project16(const Lanes16& in, const std::vector<Camera>& cams, float near_f, float far_f, int64_t W, int64_t H,
+               int32_t tiles_x, int32_t tiles_y, int64_t N, int64_t n0, int cnt, float* o_m, float* o_c, float* o_d,
+               int32_t* o_r) {
+  // Shape: normalised quaternion, rotation, M = R diag(s), Sigma = M M^T (as make_shape).
+  const vf16 norm = vsqrt(((in.q[0] * in.q[0] + in.q[1] * in.q[1]) + in.q[2] * in.q[2]) + in.q[3] * in.q[3]);
+  const vf16 nc = smax(norm, splat<vf16>(1e-12f));
+  const vf16 w = in.q[0] / nc, x = in.q[1] / nc, y = in.q[2] / nc, z = in.q[3] / nc;
+  vf16 Rq[3][3];
+  Rq[0][0] = 1.0f - 2.0f * (y * y + z * z);
+  Rq[0][1] = 2.0f * (x * y - w * z);
+  Rq[0][2] = 2.0f * (x * z + w * y);
+  Rq[1][0] = 2.0f * (x * y + w * z);
+  Rq[1][1] = 1.0f - 2.0f * (x * x + z * z);
+  Rq[1][2] = 2.0f * (y * z - w * x);
+  Rq[2][0] = 2.0f * (x * z - w * y);
+  Rq[2][1] = 2.0f * (y * z + w * x);
+  Rq[2][2] = 1.0f - 2.0f * (x * x + y * y);
+  vf16 M[3][3], S[3][3];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) M[i][j] = Rq[i][j] * in.s[j];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) S[i][j] = (M[i][0] * M[j][0] + M[i][1] * M[j][1]) + M[i][2] * M[j][2];
+  const float max_radius = static_cast<float>(4 * std::max(W, H) + 4 * kTile);
+  for (size_t ci = 0; ci < cams.size(); ++ci) {
+    const Camera& cam = cams[ci];
+    vf16 p[3];
+    for (int i = 0; i < 3; ++i)
+      p[i] = fma(splat<vf16>(cam.R[i][2]), in.m[2], fma(splat<vf16>(cam.R[i][1]), in.m[1], cam.R[i][0] * in.m[0])) +
+             cam.t[i];
+    const vf16 zv = p[2];
+    const vi16 in_range = (zv > near_f) & (zv < far_f);
+    const vf16 zs = select(in_range, zv, splat<vf16>(1.0f));
+    const vf16 u = p[0] / zs, v = p[1] / zs;
+    const vf16 uc = smin(smax(u, splat<vf16>(-cam.lim_x_neg)), splat<vf16>(cam.lim_x_pos));
+    const vf16 vc = smin(smax(v, splat<vf16>(-cam.lim_y_neg)), splat<vf16>(cam.lim_y_pos));
+    const vf16 tx = zs * uc, ty = zs * vc, zz = zs * zs;
+    const vf16 J00 = cam.fx / zs, J02 = (-cam.fx * tx) / zz, J11 = cam.fy / zs, J12 = (-cam.fy * ty) / zz;
+    vf16 jw[2][3], T1[2][3];
+    for (int j = 0; j < 3; ++j) {
+      jw[0][j] = J00 * cam.R[0][j] + J02 * cam.R[2][j];
+      jw[1][j] = J11 * cam.R[1][j] + J12 * cam.R[2][j];
+    }
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 3; ++j) T1[i][j] = (jw[i][0] * S[0][j] + jw[i][1] * S[1][j]) + jw[i][2] * S[2][j];
+    const vf16 cov00 = (T1[0][0] * jw[0][0] + T1[0][1] * jw[0][1]) + T1[0][2] * jw[0][2];
+    const vf16 cov01 = (T1[0][0] * jw[1][0] + T1[0][1] * jw[1][1]) + T1[0][2] * jw[1][2];
+    const vf16 cov11 = (T1[1][0] * jw[1][0] + T1[1][1] * jw[1][1]) + T1[1][2] * jw[1][2];
+    const vf16 a = cov00 + 0.3f, b = cov01, c = cov11 + 0.3f;
+    const vf16 det = a * c - b * b;
+    const vi16 valid = in_range & (det > 0.0f);
+    const vf16 ds = select(valid, det, splat<vf16>(1.0f));
+    const vf16 con0 = c / ds, con1 = -b / ds, con2 = a / ds;
+    const vf16 mx = cam.fx * u + cam.cx, my = cam.fy * v + cam.cy;
+    const vf16 mid = 0.5f * (a + c);
+    const vf16 lam = mid + vsqrt(smax(mid * mid - det, splat<vf16>(0.1f)));
+    vf16 radius = vceil(3.0f * vsqrt(lam));
+    radius = select(valid & ((radius - radius) == 0.0f), radius, splat<vf16>(0.0f));  // finite and valid
+    radius = smin(radius, splat<vf16>(max_radius));
+    vi16 ri = __builtin_convertvector(radius, vi16);
+    // Tile rect (common.h tile_rect) on lanes; culled when empty.
+    const vf16 rf = __builtin_convertvector(ri, vf16);
+    const float ts = static_cast<float>(kTile);
+    const vi16 x0 = clamp_floor16((mx - rf) / ts, tiles_x), x1 = clamp_floor16((mx + rf + (ts - 1.0f)) / ts, tiles_x);
+    const vi16 y0 = clamp_floor16((my - rf) / ts, tiles_y), y1 = clamp_floor16((my + rf + (ts - 1.0f)) / ts, tiles_y);
+    ri = select((ri > 0) & (x1 > x0) & (y1 > y0), ri, isplat<vi16>(0));
+    for (int l = 0; l < cnt; ++l) {
+      const int64_t k = static_cast<int64_t>(ci) * N + n0 + l;
+      o_m[2 * k] = mx[l];
+      o_m[2 * k + 1] = my[l];
+      o_c[3 * k] = con0[l];
+      o_c[3 * k + 1] = con1[l];
+      o_c[3 * k + 2] = con2[l];
+      o_d[k] = zv[l];
+      o_r[k] = ri[l];
+    }
+  }
+}
+
+}  // namespace
+
 // Returns means2d (C,N,2), conics (C,N,3), depths (C,N), radii (C,N) int32.
 std::vector<at::Tensor> project_forward(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales,
                                         const at::Tensor& viewmats, const at::Tensor& Ks, int64_t width,
@@ -186,20 +287,18 @@ std::vector<at::Tensor> project_forward(const at::Tensor& means, const at::Tenso
   float* o_c = conics.data_ptr<float>();
   float* o_d = depths.data_ptr<float>();
   int32_t* o_r = radii.data_ptr<int32_t>();
-  parallel_range(N, 1024, [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) {
-      const Shape s = make_shape(q + 4 * n, sc + 3 * n);
-      for (int64_t c = 0; c < C; ++c) {
-        const Projected o = project_one(cams[c], m + 3 * n, s, near_f, far_f, width, height, tiles_x, tiles_y);
-        const int64_t k = c * N + n;
-        o_m[2 * k] = o.mean2d[0];
-        o_m[2 * k + 1] = o.mean2d[1];
-        o_c[3 * k] = o.conic[0];
-        o_c[3 * k + 1] = o.conic[1];
-        o_c[3 * k + 2] = o.conic[2];
-        o_d[k] = o.p[2];
-        o_r[k] = o.radius;
+  const int64_t blocks = (N + 15) / 16;
+  parallel_range(blocks, 256, [&](int64_t b, int64_t e) {
+    for (int64_t blk = b; blk < e; ++blk) {
+      const int64_t n0 = blk * 16;
+      const int cnt = static_cast<int>(std::min<int64_t>(16, N - n0));
+      Lanes16 in;
+      for (int l = 0; l < 16; ++l) {
+        const int64_t n = n0 + std::min(l, cnt - 1);  // spare lanes repeat the last Gaussian, unused
+        for (int i = 0; i < 3; ++i) in.m[i][l] = m[3 * n + i], in.s[i][l] = sc[3 * n + i];
+        for (int i = 0; i < 4; ++i) in.q[i][l] = q[4 * n + i];
       }
+      project16(in, cams, near_f, far_f, width, height, tiles_x, tiles_y, N, n0, cnt, o_m, o_c, o_d, o_r);
     }
   });
   return {means2d, conics, depths, radii};

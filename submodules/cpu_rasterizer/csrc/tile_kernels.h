@@ -69,7 +69,8 @@ inline void pack_record(float* g, const float* mean2d, const float* conic, float
   const double kappa = lmax / lmin;
   if (!(kappa < 1e4)) return;
   const double eps = 1.0 / (1 << 20);  // 16 ulps of float32, generous
-  const double tau = (std::log(255.0 * static_cast<double>(opacity)) + 1e-5) / (1.0 - 4.0 * eps * kappa);
+  // logf errs by ~1e-7 of a value below 6: far inside the 1e-5 slack.
+  const double tau = (static_cast<double>(std::log(255.0f * opacity)) + 1e-5) / (1.0 - 4.0 * eps * kappa);
   const double two_tau = 2.0 * std::max(tau, 0.0) * (1.0 + 1e-6);
   const double ey = std::sqrt(two_tau * da / det) * (1.0 + 1e-4) + 1e-3;
   if (!std::isfinite(ey) || !(ey < 1e7)) return;
@@ -129,11 +130,27 @@ inline uint32_t unit_mask(const float* g, const TileGeometry& tg) {
   return in0 | (in1 << 16);
 }
 
-// One Gaussian of the current batch, as the unit loops read it.
+// One Gaussian of the current batch, as the unit loops read it. The power's column terms (a*dx)*dx and
+// b*dx depend only on the pixel column, so they are computed once per tile (both halves) in set().
 struct BatchGauss {
+  vf8 a_dx2[2], b_dx[2];
   float mx, my, a, b, c, o;
   int32_t index;      // position in the tile list
   const float* feat;  // D features
+
+  void set(const float* g, int32_t j, const TileGeometry& tg) {
+    mx = g[0], my = g[1], a = g[2], b = g[3], c = g[4], o = g[5];
+    index = j;
+    feat = g + kHead;
+    vf16 px;
+    for (int l = 0; l < 16; ++l) px[l] = static_cast<float>(tg.px0 + l) + 0.5f;
+    const vf16 dx = mx - px;
+    const vf16 adx2 = (a * dx) * dx, bdx = b * dx;  // the reference's left-to-right order
+    a_dx2[0] = __builtin_shufflevector(adx2, adx2, 0, 1, 2, 3, 4, 5, 6, 7);
+    a_dx2[1] = __builtin_shufflevector(adx2, adx2, 8, 9, 10, 11, 12, 13, 14, 15);
+    b_dx[0] = __builtin_shufflevector(bdx, bdx, 0, 1, 2, 3, 4, 5, 6, 7);
+    b_dx[1] = __builtin_shufflevector(bdx, bdx, 8, 9, 10, 11, 12, 13, 14, 15);
+  }
 };
 
 // Unit lists of a batch: lists[u][0 .. lens[u]) are the batch positions k (ascending) whose mask
@@ -182,15 +199,16 @@ struct Eval {
   float dy;
 };
 
-inline Eval eval_unit(const BatchGauss& G, const vf8& px, float py) {
+template <bool kNeedDx>
+inline Eval eval_unit(const BatchGauss& G, const vf8& px, float py, int h) {
   Eval r;
-  r.dx = G.mx - px;
+  if (kNeedDx) r.dx = G.mx - px;
   r.dy = G.my - py;
   const float cyy = (G.c * r.dy) * r.dy;
-  r.power = -0.5f * ((G.a * r.dx) * r.dx + cyy) - (G.b * r.dx) * r.dy;
+  r.power = -0.5f * (G.a_dx2[h] + cyy) - G.b_dx[h] * r.dy;
   r.e = vexp(r.power);
   r.raw = G.o * r.e;
-  r.alpha = vmin(r.raw, splat<vf8>(kAlphaMax));
+  r.alpha = min_fast(r.raw, kAlphaMax);  // raw is never NaN where power <= 0 (opacity NaN is never binned)
   return r;
 }
 
@@ -208,27 +226,64 @@ inline float unit_py(const TileGeometry& tg, int u) { return static_cast<float>(
 template <int DC>
 struct ForwardTile {
   static constexpr int DS = DC > 0 ? DC : kMaxD;
+  alignas(64) BatchGauss gl[kBatch];
   alignas(64) float T[kUnits][8];
   alignas(64) float acc[kUnits][DS][8];
   alignas(64) int32_t last[kUnits][8];
   alignas(64) int32_t active[kUnits][8];  // all ones while the pixel takes contributions
   uint32_t alive;                         // units with an active pixel
-  BatchGauss gl[kBatch];
   uint32_t masks[kBatch];
   UnitLists ul;
 
-  // Composites unit u's list of the current batch, front to back.
+  // Composites unit u's list of the current batch, front to back. Per Gaussian and pixel, exactly
+  // docs/rasterizer.md stage 2: skip if power > 0 or alpha < 1/255; stop (leaving this Gaussian out) once
+  // T (1 - alpha) < 1e-4; else accumulate f alpha T and T *= 1 - alpha.
   void run_unit(int u, int nd, const TileGeometry& tg) {
     const vf8 px = unit_px(tg, u);
     const float py = unit_py(tg, u);
+    const int n = ul.lens[u];
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+    // The same steps with AVX-512 mask registers: the loop is bound by the latency of its dependency
+    // chain (exp -> alpha -> T), and masks avoid the vector <-> mask conversions of the generic form.
+    __m256 t = _mm256_loadu_ps(T[u]);
+    __m256i lst = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(last[u]));
+    const __m256i act_v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(active[u]));
+    __mmask8 act = _mm256_test_epi32_mask(act_v, act_v);
+    __m256 ac[DS];
+    for (int d = 0; d < nd; ++d) ac[d] = _mm256_loadu_ps(acc[u][d]);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (int e = 0; e < n; ++e) {
+      const BatchGauss& G = gl[ul.lists[u][e]];
+      const Eval ev = eval_unit<false>(G, px, py, u >> 4);
+      const __m256 alpha = (__m256)ev.alpha;
+      const __mmask8 keep = _mm256_mask_cmp_ps_mask(act & _mm256_cmp_ps_mask((__m256)ev.power, _mm256_setzero_ps(), _CMP_LE_OQ),
+                                                    alpha, _mm256_set1_ps(kAlphaMin), _CMP_GE_OQ);
+      const __m256 t_next = _mm256_mul_ps(t, _mm256_sub_ps(one, alpha));
+      const __mmask8 stop = _mm256_mask_cmp_ps_mask(keep, t_next, _mm256_set1_ps(kTMin), _CMP_LT_OQ);
+      const __mmask8 take = keep & ~stop;
+      const __m256 w = _mm256_mul_ps(alpha, t);
+      for (int d = 0; d < nd; ++d)
+        ac[d] = _mm256_mask_add_ps(ac[d], take, ac[d], _mm256_mul_ps(_mm256_set1_ps(G.feat[d]), w));
+      t = _mm256_mask_mov_ps(t, take, t_next);
+      lst = _mm256_mask_mov_epi32(lst, take, _mm256_set1_epi32(G.index + 1));
+      act &= ~stop;
+      if (act == 0) {
+        alive &= ~(1u << u);
+        break;
+      }
+    }
+    _mm256_storeu_ps(T[u], t);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(last[u]), lst);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(active[u]), _mm256_maskz_mov_epi32(act, _mm256_set1_epi32(-1)));
+    for (int d = 0; d < nd; ++d) _mm256_storeu_ps(acc[u][d], ac[d]);
+#else
     vf8 t = load<vf8>(T[u]);
     vi8 lst = load<vi8>(last[u]), act = load<vi8>(active[u]);
     vf8 ac[DS];
     for (int d = 0; d < nd; ++d) ac[d] = load<vf8>(acc[u][d]);
-    const int n = ul.lens[u];
     for (int e = 0; e < n; ++e) {
       const BatchGauss& G = gl[ul.lists[u][e]];
-      const Eval ev = eval_unit(G, px, py);
+      const Eval ev = eval_unit<false>(G, px, py, u >> 4);
       const vi8 keep = act & (ev.power <= 0.0f) & (ev.alpha >= kAlphaMin);
       const vf8 t_next = t * (1.0f - ev.alpha);
       const vi8 stop = keep & (t_next < kTMin);  // this Gaussian and all later ones are left out
@@ -247,6 +302,7 @@ struct ForwardTile {
     store(last[u], lst);
     store(active[u], act);
     for (int d = 0; d < nd; ++d) store(acc[u][d], ac[d]);
+#endif
   }
 
   void run(const float* packed, int D, const int32_t* list, int64_t count, const TileGeometry& tg, int W,
@@ -275,7 +331,7 @@ struct ForwardTile {
           __builtin_prefetch(pf + stride - 1);
         }
         const float* g = packed + static_cast<int64_t>(list[j]) * stride;
-        gl[k] = BatchGauss{g[0], g[1], g[2], g[3], g[4], g[5], static_cast<int32_t>(j), g + kHead};
+        gl[k].set(g, static_cast<int32_t>(j), tg);
         masks[k] = unit_mask(g, tg) & alive;
       }
       ul.build(masks, nb);
@@ -318,13 +374,13 @@ template <int DC>
 struct BackwardTile {
   static constexpr int DS = DC > 0 ? DC : kMaxD;
   static constexpr int NQ = 6 + DS;
+  alignas(64) BatchGauss gl[kBatch];
   alignas(64) float T[kUnits][8];
   alignas(64) float G[kUnits][8];
   alignas(64) float gaTF[kUnits][8];
   alignas(64) float gr[kUnits][DS][8];
   alignas(64) int32_t last[kUnits][8];
   alignas(64) int32_t unit_max[kUnits];  // largest last contributor of the unit
-  BatchGauss gl[kBatch];
   uint32_t masks[kBatch];
   UnitLists ul;
   alignas(64) vf8 sums[kBatch][NQ];
@@ -332,6 +388,49 @@ struct BackwardTile {
   void run_unit(int u, int nd, const TileGeometry& tg) {
     const vf8 px = unit_px(tg, u);
     const float py = unit_py(tg, u);
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+    // The same steps as the generic form below, with AVX-512 mask registers (see ForwardTile).
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    __m256 t = _mm256_loadu_ps(T[u]), gacc = _mm256_loadu_ps(G[u]);
+    const __m256 ga = _mm256_loadu_ps(gaTF[u]);
+    const __m256i lst = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(last[u]));
+    __m256 g[DS];
+    for (int d = 0; d < nd; ++d) g[d] = _mm256_loadu_ps(gr[u][d]);
+    for (int e = ul.lens[u] - 1; e >= 0; --e) {
+      const int k = ul.lists[u][e];
+      const BatchGauss& Gs = gl[k];
+      const Eval ev = eval_unit<true>(Gs, px, py, u >> 4);
+      const __m256 alpha = (__m256)ev.alpha;
+      const __mmask8 inc = _mm256_mask_cmp_ps_mask(
+          _mm256_cmpgt_epi32_mask(lst, _mm256_set1_epi32(Gs.index)) &
+              _mm256_cmp_ps_mask((__m256)ev.power, zero, _CMP_LE_OQ),
+          alpha, _mm256_set1_ps(kAlphaMin), _CMP_GE_OQ);
+      const __m256 om = _mm256_sub_ps(one, alpha);
+      const __m256 inv = _mm256_div_ps(one, om);
+      const __m256 ti = _mm256_mul_ps(t, inv);  // transmittance before this Gaussian
+      __m256 gf = _mm256_mul_ps(g[0], _mm256_set1_ps(Gs.feat[0]));
+      for (int d = 1; d < nd; ++d) gf = _mm256_add_ps(gf, _mm256_mul_ps(g[d], _mm256_set1_ps(Gs.feat[d])));
+      const __m256 dal = _mm256_add_ps(_mm256_mul_ps(ti, _mm256_sub_ps(gf, gacc)), _mm256_mul_ps(ga, inv));
+      const __mmask8 unclamped = _mm256_mask_cmp_ps_mask(inc, (__m256)ev.raw, _mm256_set1_ps(kAlphaMax), _CMP_LE_OQ);
+      const __m256 dP = _mm256_maskz_mul_ps(unclamped, dal, alpha);
+      const __m256 dx = (__m256)ev.dx, dy = _mm256_set1_ps(ev.dy);
+      const __m256 ga_ = _mm256_set1_ps(Gs.a), gb_ = _mm256_set1_ps(Gs.b), gc_ = _mm256_set1_ps(Gs.c);
+      const __m256 half = _mm256_set1_ps(-0.5f);
+      __m256* s = reinterpret_cast<__m256*>(sums[k]);
+      s[0] = _mm256_add_ps(s[0], _mm256_mul_ps(dP, _mm256_sub_ps(_mm256_sub_ps(zero, _mm256_mul_ps(ga_, dx)), _mm256_mul_ps(gb_, dy))));
+      s[1] = _mm256_add_ps(s[1], _mm256_mul_ps(dP, _mm256_sub_ps(_mm256_sub_ps(zero, _mm256_mul_ps(gc_, dy)), _mm256_mul_ps(gb_, dx))));
+      s[2] = _mm256_add_ps(s[2], _mm256_mul_ps(dP, _mm256_mul_ps(half, _mm256_mul_ps(dx, dx))));
+      s[3] = _mm256_add_ps(s[3], _mm256_mul_ps(dP, _mm256_sub_ps(zero, _mm256_mul_ps(dx, dy))));
+      s[4] = _mm256_add_ps(s[4], _mm256_mul_ps(dP, _mm256_mul_ps(half, _mm256_mul_ps(dy, dy))));
+      s[5] = _mm256_add_ps(s[5], _mm256_maskz_mul_ps(unclamped, dal, (__m256)ev.e));
+      const __m256 w = _mm256_maskz_mul_ps(inc, alpha, ti);
+      for (int d = 0; d < nd; ++d) s[6 + d] = _mm256_add_ps(s[6 + d], _mm256_mul_ps(g[d], w));
+      gacc = _mm256_mask_mov_ps(gacc, inc, _mm256_add_ps(_mm256_mul_ps(alpha, gf), _mm256_mul_ps(om, gacc)));
+      t = _mm256_mask_mov_ps(t, inc, ti);
+    }
+    _mm256_storeu_ps(T[u], t);
+    _mm256_storeu_ps(G[u], gacc);
+#else
     const vf8 zero = splat<vf8>(0.0f);
     vf8 t = load<vf8>(T[u]), gacc = load<vf8>(G[u]);
     const vf8 ga = load<vf8>(gaTF[u]);
@@ -341,7 +440,7 @@ struct BackwardTile {
     for (int e = ul.lens[u] - 1; e >= 0; --e) {
       const int k = ul.lists[u][e];
       const BatchGauss& Gs = gl[k];
-      const Eval ev = eval_unit(Gs, px, py);
+      const Eval ev = eval_unit<true>(Gs, px, py, u >> 4);
       const vi8 inc = (lst > Gs.index) & (ev.power <= 0.0f) & (ev.alpha >= kAlphaMin);
       const vf8 om = 1.0f - ev.alpha;
       const vf8 inv = 1.0f / om;
@@ -365,6 +464,7 @@ struct BackwardTile {
     }
     store(T[u], t);
     store(G[u], gacc);
+#endif
   }
 
   void run(const float* packed, int D, const int32_t* list, int64_t count, const TileGeometry& tg, int W,
@@ -407,7 +507,7 @@ struct BackwardTile {
           __builtin_prefetch(pf + stride - 1);
         }
         const float* g = packed + static_cast<int64_t>(list[j]) * stride;
-        gl[k] = BatchGauss{g[0], g[1], g[2], g[3], g[4], g[5], static_cast<int32_t>(j), g + kHead};
+        gl[k].set(g, static_cast<int32_t>(j), tg);
         // only units with a pixel whose last contributor comes after this Gaussian
         const vi16 jj = isplat<vi16>(static_cast<int32_t>(j));
         const uint32_t want = bitmask(load<vi16>(unit_max) > jj) | (bitmask(load<vi16>(unit_max + 16) > jj) << 16);
