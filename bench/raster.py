@@ -17,7 +17,8 @@ require grad (the training forward), and the forward plus backward of loss = sum
 (R, R' fixed random weights: every input gradient is non-trivial). Each figure is the median over
 repeats x cameras (the machine is shared and noisy; min is printed too, and "cpu", the CPU time the
 process used in all its threads, which other jobs on the machine do not inflate). The torch reference on the large
-scene is timed on 1 camera, 1 repeat (minutes), or skipped with --skip-torch-large; the output says so.
+scene is timed forward-only without autograd on 1 camera, 1 repeat (about a minute; with autograd it
+needs more than the 23 GB of this machine), or skipped with --skip-torch-large; the output says so.
 The torch reference runs --torch-repeats times per camera (default 1: seconds per call on garden).
 
 Peak memory: measured in a fresh child process per (scene, backend), which runs one forward and one
@@ -143,6 +144,20 @@ def loss_weights(scene: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def sync(backend: str) -> None:
     if backend == "gsplat":
         torch.cuda.synchronize()
+
+
+def time_forward_no_grad(scene: dict, backend: str, cameras: list[int]) -> dict:
+    """Forward only, under torch.no_grad (for the torch reference on the large scene, see main)."""
+    params = [p.detach() for p in leaf_params(scene)]
+    times, cpu = [], []
+    for cam in cameras:
+        t0, c0 = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            render(scene, cam, backend, params)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"forward_no_grad_ms": 1e3 * statistics.median(times), "forward_no_grad_cpu_ms": 1e3 * statistics.median(cpu),
+            "samples": len(times)}
 
 
 def time_backend(scene: dict, backend: str, cameras: list[int], repeats: int) -> dict:
@@ -292,10 +307,18 @@ def main() -> None:
             if backend == "torch":
                 repeats = args.torch_repeats
             if backend == "torch" and name == "large":
+                # With autograd the reference keeps every tile batch's gathered inputs for its
+                # checkpointed backward: on this scene that exceeded 23 GB and was OOM-killed. So by
+                # default it is timed forward-only, without autograd, on 1 camera.
                 if args.skip_torch_large:
                     print(f"   {backend:6s} skipped (--skip-torch-large)")
                     continue
-                cameras, repeats, note = [0], 1, " (1 camera, 1 repeat: the reference is slow here)"
+                r = time_forward_no_grad(scene, backend, [0])
+                results[name][backend] = r
+                print(f"   {backend:6s} forward without autograd {r['forward_no_grad_ms']:9.1f} ms (cpu "
+                      f"{r['forward_no_grad_cpu_ms']:.0f}) on 1 camera, 1 repeat; with autograd it needs > 23 GB "
+                      f"(OOM here), so no fwd+bwd or memory figures")
+                continue
             r = time_backend(scene, backend, cameras, repeats)
             if not args.no_memory:
                 mem = measure_memory(name, backend, args.threads)
@@ -310,7 +333,13 @@ def main() -> None:
                   f"fwd+bwd {r['forward_backward_ms']:9.1f} ms (min {r['forward_backward_min_ms']:.1f}, "
                   f"cpu {r['forward_backward_cpu_ms']:.0f})  {r['pairs_per_s'] / 1e9:.2f} G pairs/s{mem_txt}  "
                   f"[{r['samples']} samples]{note}")
-        if "torch" in results[name]:
+        if "torch" in results[name] and "forward_no_grad_ms" in results[name]["torch"]:
+            ref = results[name]["torch"]
+            for backend, r in results[name].items():
+                if backend != "torch":
+                    print(f"   {backend} forward (with autograd) vs torch forward without autograd: "
+                          f"{ref['forward_no_grad_ms'] / r['forward_ms']:.0f}x faster")
+        elif "torch" in results[name]:
             ref = results[name]["torch"]
             for backend, r in results[name].items():
                 if backend != "torch":

@@ -12,9 +12,9 @@
 //                are in tile_kernels.h.
 // The backward replays each pixel back to front from its last contributor, recovering the
 // transmittance by division (T_i = T_{i+1} / (1 - alpha_i)), as in the 3DGS paper. A tile writes the
-// gradient of each of its Gaussians into that (tile, Gaussian) pair's own slot; a second pass sums
-// each Gaussian's slots in tile order. No atomics, no per-thread buffers, and the result does not
-// depend on the number of threads.
+// gradient of each of its Gaussians into that (tile, Gaussian) pair's own slot; a second pass adds
+// each Gaussian's slots, in tile order, to its gradient (tiles go in groups whose slots fit 64 MiB).
+// No atomics, no per-thread buffers, and the result does not depend on the number of threads.
 #include <ATen/ATen.h>
 
 #include <algorithm>
