@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .rasterize import RenderOutput, rasterize
+# The function stays at internal.rasterize.rasterize: re-exporting it here would shadow the subpackage.
+from .rasterize import RenderOutput
+from .rasterize import rasterize as _rasterize
 from .splats import PlyFormatError, Splats, load_from_ply, save_ply
 
 # Pixel-Gaussian work per chunk of cameras is bounded by bounding the pixels per chunk.
@@ -88,7 +90,7 @@ def draw(
     out = torch.empty((C, height, width, 4), dtype=torch.uint8, device=device)
     step = max(1, _PIXELS_PER_CHUNK // max(1, width * height))
     for start in range(0, C, step):
-        r = rasterize(
+        r = _rasterize(
             means, quats, scales, opacities, sh, viewmats[start : start + step], Ks[start : start + step],
             width, height, near=near, far=far, sh_degree=degree, backgrounds=bg, backend=backend,
         )
@@ -97,4 +99,4 @@ def draw(
     return out
 
 
-__all__ = ["Splats", "load_from_ply", "save_ply", "draw", "rasterize", "RenderOutput", "PlyFormatError", "default_device"]
+__all__ = ["Splats", "load_from_ply", "save_ply", "draw", "RenderOutput", "PlyFormatError", "default_device"]

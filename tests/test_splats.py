@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import internal as gs
+from internal.rasterize import rasterize
 from internal.splats import PlyFormatError, Splats, ply_field_names, read_ply_vertices
 from tests.conftest import shared_path
 
@@ -142,7 +143,7 @@ def test_draw_returns_rgba_uint8_batched_with_per_camera_intrinsics():
     # Equal to the float render of each camera alone, rounded.
     means, quats, scales, opac, sh = s.activated()
     for c in range(3):
-        r = gs.rasterize(means, quats, scales, opac, sh, vms[c : c + 1], Ks[c : c + 1], 80, 60, sh_degree=3, backend="torch")
+        r = rasterize(means, quats, scales, opac, sh, vms[c : c + 1], Ks[c : c + 1], 80, 60, sh_degree=3, backend="torch")
         ref = (torch.cat([r.colors, r.alphas], -1).clamp(0, 1) * 255 + 0.5).to(torch.uint8)[0]
         assert (img[c].int() - ref.int()).abs().max() <= 1
 
