@@ -8,14 +8,14 @@ channel-major: the first (K-1) values are the red coefficients of bases 1..K-1, 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .atomic import atomic_write
 
 _SH_REST_COUNTS = {0: 0, 9: 1, 24: 2, 45: 3}  # number of f_rest fields -> SH degree
 
@@ -228,17 +228,9 @@ def save_ply(splats: Splats, path) -> Path:
     header = "ply\nformat binary_little_endian 1.0\n" + f"element vertex {n}\n"
     header += "".join(f"property float {name}\n" for name in names) + "end_header\n"
     body = np.ascontiguousarray(table, dtype="<f4").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.encode("ascii"))
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    def write(f):
+        f.write(header.encode("ascii"))
+        f.write(body)
+
+    return atomic_write(path, write)
