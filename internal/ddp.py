@@ -23,6 +23,9 @@ here, explicitly, by the module at fixed points of its training step:
     generator's state, gathered from all ranks and compared; a RuntimeError naming the ranks and the
     differing tensors otherwise. The module runs it at the start, after every densification or opacity
     reset, and at the end of training.
+  - `scale_optimizer_for_batch(trainer, optimizer)`: a step now averages N images (N processes), so Adam
+    gets lr x sqrt(N), eps / sqrt(N) and betas^N (gsplat's rule for batch x world size; the strategy's
+    lr_scaling="none" keeps the one-image values), re-derived when a run resumes under another N.
   - checkpoints (written by rank 0 only, by Lightning): `globalize_density_stats` stores the statistics
     summed over processes (max for screen radii); `localize_density_stats` gives them to rank 0 only
     when a checkpoint is loaded, so their sum over processes is the same under any number of processes
