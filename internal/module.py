@@ -148,7 +148,9 @@ class GaussianSplatting(lightning.LightningModule):
             a = batch.alpha.float()[..., None] / 255.0
             gt = gt + (1.0 - a) * (background - self.scene_background.to(gt.device))
         out = self.renderer(self.gaussians, batch.camera, background)
-        out.means2d.retain_grad()
+        collect_stats = self.density.wants_stats(step)  # no densification decision reads them afterwards
+        if collect_stats:
+            out.means2d.retain_grad()
         pred = out.colors[0]
         mask = batch.mask
         l1 = metrics.l1(pred, gt, mask)
@@ -165,7 +167,7 @@ class GaussianSplatting(lightning.LightningModule):
         ddp.average_gradients(self)  # several processes: one flat all_reduce; no-op on one
 
         with torch.no_grad():
-            if out.means2d.grad is not None:
+            if collect_stats and out.means2d.grad is not None:
                 self.density.update_stats(out.means2d.grad, out.radii, out.width, out.height)
             info = self.density.step(
                 step, self.gaussians, optimizer.optimizer, float(self.extent), self.generator,
