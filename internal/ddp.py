@@ -119,31 +119,42 @@ def ordered_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 @torch.no_grad()
-def average_gradients(module: torch.nn.Module) -> None:
-    """Average the .grad of every trainable parameter of `module` across processes (in place).
+def average_gradients(module: torch.nn.Module, bad_loss: bool = False) -> int:
+    """Average the .grad of every trainable parameter of `module` across processes (in place), and
+    return how many processes reported a non-finite loss (`bad_loss`; 0 or 1 on one process).
 
     One flat all_reduce per gradient dtype (one in practice): gradients are copied into a buffer in
     `ordered_parameters` order, followed by one flag per parameter (1 = this process has a gradient).
     After the sum the buffer is divided by the world size, as DistributedDataParallel does; a
     parameter whose gradient is None on some processes counts zeros for them, and one whose gradient
     is None on every process keeps None (Adam then skips it). The result is the same on every process.
+
+    The loss flag rides in the first buffer, so every process learns in the same collective that some
+    process diverged and all of them can stop together (instead of the healthy ones waiting in the next
+    collective for a process that has exited).
     """
     w = world_size()
     if w == 1:
-        return
+        return int(bad_loss)
     params = ordered_parameters(module)
     if not params:
-        return
+        flag = torch.tensor([float(bad_loss)])
+        dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+        return int(flag.item())
     buckets: dict[torch.dtype, list[int]] = {}
     for i, p in enumerate(params):
         buckets.setdefault(p.dtype, []).append(i)
+    n_bad = 0
     for b, (dtype, idx) in enumerate(buckets.items()):
         parts = [(params[i].grad if params[i].grad is not None else torch.zeros_like(params[i])).reshape(-1) for i in idx]
-        flags = torch.tensor([params[i].grad is not None for i in idx], dtype=dtype, device=params[idx[0]].device)
-        flat = torch.cat(parts + [flags])
+        flags = [params[i].grad is not None for i in idx] + ([bool(bad_loss)] if b == 0 else [])
+        flat = torch.cat(parts + [torch.tensor(flags, dtype=dtype, device=params[idx[0]].device)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        n_grad = flat.numel() - len(idx)
-        had = flat[n_grad:].tolist()  # how many processes had a gradient, per parameter
+        n_grad = flat.numel() - len(flags)
+        counts = flat[n_grad:].tolist()  # how many processes had a gradient, per parameter (+ the loss flag)
+        had = counts[:len(idx)]
+        if b == 0:
+            n_bad = int(round(counts[-1]))
         flat = flat[:n_grad].div_(w)
         offset = 0
         for j, i in enumerate(idx):
@@ -156,6 +167,7 @@ def average_gradients(module: torch.nn.Module) -> None:
                 p.grad = part.clone()
             else:
                 p.grad.copy_(part)
+    return n_bad
 
 
 # ---------------------------------------------------------------------------- batch size

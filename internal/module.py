@@ -157,14 +157,20 @@ class GaussianSplatting(lightning.LightningModule):
         ssim = metrics.ssim(pred, gt, mask)
         lam = self.opt.ssim_weight
         loss = (1.0 - lam) * l1 + lam * (1.0 - ssim)
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if finite or ddp.world_size() > 1:  # the others wait for this process's gradients either way
+            self.manual_backward(loss)
+        # Several processes: one flat all_reduce of the gradients and of the loss flag; no-op on one.
+        n_bad = ddp.average_gradients(self, bad_loss=not finite)
+        if n_bad:
+            where = "" if ddp.world_size() == 1 else f" on {n_bad} of {ddp.world_size()} processes"
+            mine = f"image {batch.name!r}" if not finite else "not on this process"
             raise NonFiniteLossError(
-                f"the loss became {loss.item()} at step {step} (image {batch.name!r}, {self.gaussians.num_gaussians} "
-                "Gaussians); training stopped and the last good checkpoint is kept. Resume with --ckpt_path last, "
-                "and consider lower learning rates (--model.optimization.*_lr) or a different seed."
+                f"the loss became {'non-finite' if finite else loss.item()} at step {step}{where} ({mine}, "
+                f"{self.gaussians.num_gaussians} Gaussians); training stopped before the optimizer step and the last "
+                "good checkpoint is kept. Resume with --ckpt_path last, and consider lower learning rates "
+                "(--model.optimization.*_lr) or a different seed."
             )
-        self.manual_backward(loss)
-        ddp.average_gradients(self)  # several processes: one flat all_reduce; no-op on one
 
         with torch.no_grad():
             if collect_stats and out.means2d.grad is not None:

@@ -103,6 +103,27 @@ class Diverge(lightning.Callback):
                 pl_module.gaussians.opacities[0] += 1e-3
 
 
+class NanOnRank(lightning.Callback):
+    """Makes one process's loss NaN at `step` (its rendered colours become NaN; the Gaussians are left
+    alone, so only that process sees a bad loss): every process must stop with the same error."""
+
+    def __init__(self, step: int = 45, rank: int = 1):
+        self.step, self.rank = step, rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank != self.rank or trainer.global_step != self.step:
+            return
+        renderer = pl_module.renderer
+        forward = renderer.forward
+
+        def poisoned(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            out.colors = out.colors * float("nan")
+            return out
+
+        renderer.forward = poisoned
+
+
 # ---------------------------------------------------------------------------- torch.multiprocessing workers
 
 def init_group(rank: int, world: int, port: int) -> None:

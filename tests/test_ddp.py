@@ -207,6 +207,22 @@ def test_diverged_processes_fail_loudly(demo, tmp_path):
     assert "rank 1 differs from rank 0 in gaussians.opacities" in err
 
 
+def test_a_nan_loss_on_one_process_stops_every_process(demo, tmp_path):
+    """Rank 1's loss turns NaN at step 45: both processes learn it in the gradient all-reduce and stop
+    with the error (no process is left waiting in a collective), and the last good checkpoint stays."""
+    r = run_fit(demo, tmp_path, "nan", 70, 2, "--save_steps", "[]", "--checkpoint_every", "20",
+                "--trainer.callbacks+=tests.ddp_probe.NanOnRank", "--trainer.callbacks.step", "45",
+                expect_ok=False, timeout=240)
+    assert r.returncode != 0
+    err = r.stdout + r.stderr
+    assert "error: the loss became nan at step 45 on 1 of 2 processes (image" in err, err[-4000:]
+    assert "error: the loss became non-finite at step 45 on 1 of 2 processes (not on this process" in err, err[-4000:]
+    assert "Timeout" not in err and "Connection closed by peer" not in err, err[-4000:]
+    ckpt = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 40
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
 def test_a_wrapping_strategy_is_refused(demo, tmp_path):
     r = run_fit(demo, tmp_path, "plain", 2, 2, "--save_steps", "[]", "--trainer.strategy", "ddp", expect_ok=False)
     assert r.returncode != 0
