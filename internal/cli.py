@@ -37,7 +37,7 @@ class ExperimentConfigSaver(SaveConfigCallback):
             return
         root = Path(trainer.default_root_dir)
         root.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, str(root / self.config_filename), skip_none=False, overwrite=True,
+        self.parser.save(self.config, str(root / self.config_filename), skip_unset=False, overwrite=True,
                          multifile=self.multifile)
         self.already_saved = True
 
