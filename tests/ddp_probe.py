@@ -167,7 +167,7 @@ def collectives_worker(rank: int, world: int, port: int, out: str) -> None:
                 continue
             p.grad = torch.randn_like(p)
         local = {name: (p.grad.clone() if p.grad is not None else None) for name, p in module.named_parameters()}
-        ddp.average_gradients(module)
+        n_bad = ddp.average_gradients(module, bad_loss=(rank == 1))  # as if rank 1's loss were NaN
         grad_reduces = list(calls)
         averaged = {name: (p.grad.clone() if p.grad is not None else None) for name, p in module.named_parameters()}
         calls.clear()
@@ -185,7 +185,7 @@ def collectives_worker(rank: int, world: int, port: int, out: str) -> None:
             ddp.check_same_model(module, None, "test, one ulp")
         except RuntimeError as e:
             checks["differs"] = str(e)
-        torch.save({"local": local, "averaged": averaged, "grad_reduces": grad_reduces, "stats_before": stats_before,
+        torch.save({"local": local, "averaged": averaged, "grad_reduces": grad_reduces, "n_bad": n_bad, "stats_before": stats_before,
                     "stats": stats, "stat_reduces": stat_reduces, "checks": checks,
                     "order": [name for p in ddp.ordered_parameters(module) for name, q in module.named_parameters() if q is p]},
                    os.path.join(out, f"rank{rank}.pt"))

@@ -239,10 +239,12 @@ def test_collectives_average_sum_and_check(tmp_path):
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert a["order"][:6] == [f"gaussians.{n}" for n in ("means", "quats", "scales", "opacities", "sh0", "shN")]
     assert a["order"][6:] == ["mlp.weight", "mlp.bias", "unused.weight", "unused.bias"]  # frozen excluded
-    # One flat all_reduce for all gradients (+1 flag per parameter), one for the statistics.
+    # One flat all_reduce for all gradients (+1 flag per parameter, +1 loss flag), one for the statistics.
     assert len(a["grad_reduces"]) == 1 and len(a["stat_reduces"]) == 1
     # 7 Gaussians at SH degree 1: 21+28+21+7+21+63 values, the MLPs 8 and 6 (zeros where no gradient), 10 flags.
-    assert a["grad_reduces"] == [161 + 14 + 10]
+    # ... and the loss flag: both ranks learn that one of them had a non-finite loss.
+    assert a["grad_reduces"] == [161 + 14 + 10 + 1]
+    assert a["n_bad"] == b["n_bad"] == 1
     for name, ga in a["averaged"].items():
         gb = b["averaged"][name]
         la, lb = a["local"][name], b["local"][name]
