@@ -43,7 +43,7 @@ def read_mean(csv_path):
     return {k: float(v) for k, v in rows[-1].items() if k != "image" and v}
 
 
-def run_fit(demo, out, name, steps, devices, *extra, expect_ok=True, timeout=300):
+def fit_args(demo, out, name, steps, devices, *extra):
     args = [
         sys.executable, "main.py", "fit", "--config", "configs/blender.yaml", "--config", "configs/demo.yaml",
         "--data.path", str(demo), "-n", name, "--output", str(out),
@@ -55,7 +55,11 @@ def run_fit(demo, out, name, steps, devices, *extra, expect_ok=True, timeout=300
     ]
     if devices > 1:
         args += ["--trainer", "configs/ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", str(devices)]
-    args += list(extra)
+    return args + list(extra)
+
+
+def run_fit(demo, out, name, steps, devices, *extra, expect_ok=True, timeout=300):
+    args = fit_args(demo, out, name, steps, devices, *extra)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     if expect_ok:
@@ -221,6 +225,42 @@ def test_a_nan_loss_on_one_process_stops_every_process(demo, tmp_path):
     ckpt = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 40
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_two_nodes_through_lightnings_launcher(demo, tmp_path):
+    """`--trainer.num_nodes 2`, as on two machines: here two commands on this machine, one process
+    each, told apart by NODE_RANK and meeting at MASTER_ADDR:MASTER_PORT (Lightning's environment)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    steps = 95  # densifies at 59 and 89, resets opacity at 29 and 89
+    args = fit_args(demo, tmp_path, "nodes", steps, 1, "--save_steps", "[]", "--trainer", "configs/ddp.yaml",
+                    "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "2")
+    procs = []
+    for node in (0, 1):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), NODE_RANK=str(node))
+        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=300)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    r0, r1 = dumps(tmp_path / "nodes", 2)
+    assert (r0["rank"], r1["rank"], r0["world_size"], r1["world_size"]) == (0, 1, 2, 2)
+    assert r0["global_step"] == r1["global_step"] == steps
+    assert_bit_identical(r0, r1)
+    changed = {s["step"] for s in r0["steps"] if s["after"] != s["before"]}
+    assert changed == {59, 89}, changed
+    assert all(a["image"] != b["image"] for a, b in zip(r0["steps"], r1["steps"]))
+    assert_adam_for(r0, 2)
+    assert (tmp_path / "nodes" / "config.yaml").is_file()  # written by global rank 0
 
 
 def test_a_wrapping_strategy_is_refused(demo, tmp_path):
