@@ -30,15 +30,18 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 class ExperimentConfigSaver(SaveConfigCallback):
     """Writes config.yaml into the experiment folder (not the logger's version folder); a resumed
-    run rewrites it with what it was started with."""
+    run rewrites it with what it was started with. validate/test/predict write config_<stage>.yaml
+    instead: their options (e.g. `verbose`) are not fit's, and config.yaml must stay usable for
+    `fit --config outputs/<name>/config.yaml --ckpt_path last`."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.already_saved or not trainer.is_global_zero:
             return
         root = Path(trainer.default_root_dir)
         root.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, str(root / self.config_filename), skip_unset=False, overwrite=True,
-                         multifile=self.multifile)
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (str enum)
+        name = self.config_filename if stage == "fit" else f"{Path(self.config_filename).stem}_{stage}.yaml"
+        self.parser.save(self.config, str(root / name), skip_unset=False, overwrite=True, multifile=self.multifile)
         self.already_saved = True
 
 

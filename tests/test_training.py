@@ -160,10 +160,14 @@ def test_test_subcommand_and_colmap_scene(demo, tmp_path):
     fit(cli)
     assert cli.datamodule.scene.kind == "colmap"
     assert (tmp_path / "col" / "metrics" / "val-step=40.csv").is_file()
+    fit_config = (tmp_path / "col" / "config.yaml").read_bytes()
     GSCLI(args=["test", "--config", str(tmp_path / "col" / "config.yaml"), "--ckpt_path", "last",
                 "--trainer.enable_progress_bar", "false"])
     rows, mean = read_mean(tmp_path / "col" / "metrics" / "test-step=40.csv")
     assert len(rows) == 4 and mean["psnr"] > 8
+    # `test` keeps its own config (it has options fit refuses, e.g. verbose); config.yaml stays fit's.
+    assert (tmp_path / "col" / "config.yaml").read_bytes() == fit_config
+    assert "verbose:" in (tmp_path / "col" / "config_test.yaml").read_text()
 
 
 def test_ckpt_path_last_without_a_checkpoint_is_an_error_for_test(demo, tmp_path):
