@@ -56,6 +56,10 @@ def test_ssim_loss_gradient_by_finite_differences():
     mask = torch.rand(12, 14, generator=g) > 0.3
     assert torch.autograd.gradcheck(lambda a: metrics.ssim(a, y), (x,), eps=1e-6, atol=1e-8)
     assert torch.autograd.gradcheck(lambda a: metrics.ssim(a, y, mask), (x,), eps=1e-6, atol=1e-8)
+    # Both images (the map is not symmetric in its use, but the formula is).
+    y.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: metrics.ssim(a, b, mask), (x, y), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(lambda b: metrics.ssim_map(x.detach(), b).sum(), (y,), eps=1e-6, atol=1e-8)
 
 
 def test_ssim_identity_and_masking():
