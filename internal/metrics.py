@@ -59,9 +59,9 @@ def _window(dtype: torch.dtype, device: str) -> Tensor:
 def _blur_values(x: Tensor) -> Tensor:
     """Separable Gaussian filter of (B,C,H,W), zero padding, same size (no autograd graph).
 
-    Written as 11 shifted multiply-adds per axis, accumulated in place: on a CPU this is several times
-    faster than a depthwise conv2d (which oneDNN runs poorly for one 11-tap channel) and it does not
-    slow down when another process competes for the cores.
+    Written as 11 shifted multiply-adds per axis, accumulated in place. The blur is self-adjoint (a
+    zero-padded correlation's transpose is the correlation with the flipped kernel, zero-padded the same
+    way, and the window is symmetric), which _SSIMMap's backward relies on.
     """
     g = _window(x.dtype, str(x.device)).tolist()
     return _blur_axis(_blur_axis(x, g, -1), g, -2)
@@ -82,28 +82,6 @@ def _blur_axis(x: Tensor, g: list[float], dim: int) -> Tensor:
     return out
 
 
-class _GaussianBlur(torch.autograd.Function):
-    """_blur_values with its adjoint as the backward. A zero-padded correlation's transpose is the
-    correlation with the flipped kernel, zero-padded the same way; the Gaussian window is symmetric, so
-    the backward is the same blur. Autograd through the 44 slices instead allocated and zero-filled a
-    padded gradient per slice: 8x slower forward+backward at 400x400 (bench/step_profile.py showed SSIM
-    taking half of a training step)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return _blur_values(x)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return _blur_values(grad.contiguous())
-
-
-def _blur(x: Tensor) -> Tensor:
-    """Separable 11-tap Gaussian filter (sigma 1.5) of (B,C,H,W), zero padding, same size."""
-    return _GaussianBlur.apply(x) if x.requires_grad else _blur_values(x)
-
-
 class _SSIMMap(torch.autograd.Function):
     """SSIM map of (B,C,H,W) images with a hand-written backward.
 
@@ -114,7 +92,8 @@ class _SSIMMap(torch.autograd.Function):
         dS/de_xx = -S / B2,   dS/de_xy = 2 A1 / (B1 B2),
     and since the blur is self-adjoint, dL/dx = blur(G dS/dmu_x) + 2 x blur(G dS/de_xx) + y blur(G dS/de_xy)
     (symmetrically for y). One 3C-channel blur replaces autograd's 5C-channel blur backward and the
-    backward of some 30 element-wise ops.
+    backward of some 30 element-wise ops (autograd through the blur's shifted slices made SSIM half of a
+    training step: bench/step_profile.py; bench/ssim.py compares with an autograd SSIM).
     """
 
     @staticmethod
