@@ -170,6 +170,8 @@ trainer = lightning.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_ep
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                             num_sanity_val_steps=0, limit_val_batches=0)
 trainer.fit(Rec(), dm)
+from internal import ddp
+ddp.shutdown()  # as main.py: release the process group before exit, or gloo may abort the shutdown
 """
 
 
