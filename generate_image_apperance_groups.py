@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     n = sum(len(v) for v in groups.values())
     print(f"{out}: {len(groups)} groups over {n} images (--{mode})")
     extra = unregistered_images(args.scene, (name for names in groups.values() for name in names), args.image_dir)
-    if extra and mode != "image":
+    if extra:
         print(f"note: {len(extra)} image files in {args.image_dir}/ are not in the model and get no group (first: {extra[0]}); "
               "COLMAP did not register them, so training does not use them")
     return 0

@@ -197,6 +197,31 @@ def test_colours_are_the_affine_transform_of_the_group():
         torch.testing.assert_close(out.colors[c], ref.colors[0], atol=2e-5, rtol=0)
 
 
+def test_affine_colors_backward_against_finite_differences_and_autograd():
+    from internal.renderers.appearance import affine_colors
+
+    g = torch.Generator().manual_seed(2)
+    c, n, f = 2, 30, 5
+    colors = torch.rand(c, n, 3, generator=g, dtype=torch.float64)
+    colors[0, :4] = -0.05  # some clamped on the way in: (1 + a) c + b < 0 for some
+    features = torch.randn(n, f, generator=g, dtype=torch.float64)
+    base = torch.rand(n, 3, generator=g, dtype=torch.float64)
+    matrices = 0.3 * torch.randn(c, 6, f + 4, generator=g, dtype=torch.float64)
+    inputs = (colors.requires_grad_(), features.requires_grad_(), base, matrices.requires_grad_())
+    assert torch.autograd.gradcheck(affine_colors, inputs)
+    # The same values and gradients as the autograd expression it replaces.
+    x = torch.cat([features, base, torch.ones(n, 1, dtype=torch.float64)], 1)
+    ab = torch.einsum("nk,cjk->cnj", x, matrices)
+    ref = ((1 + ab[..., :3]) * colors + ab[..., 3:]).clamp_min(0)
+    out = affine_colors(*inputs)
+    assert (out == 0).any() and torch.allclose(out, ref)
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((out * w).sum(), [colors, features, matrices])
+    want = torch.autograd.grad((ref * w).sum(), [colors, features, matrices])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
 def test_gradients_match_finite_differences():
     """Through the whole renderer (torch backend, float64): embedding, MLP, features and SH."""
     model = tiny_scene(n=40)

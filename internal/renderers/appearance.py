@@ -67,6 +67,59 @@ def _init_linear(layer: nn.Linear, generator: torch.Generator) -> None:
             layer.bias.uniform_(-bound, bound, generator=generator)
 
 
+def affine_coefficients(features: Tensor, base: Tensor, matrices: Tensor) -> Tensor:
+    """(C,N,6) [a, b] = M_g [f; c0; 1] for features (N,F), base colours (N,3), matrices (C,6,F+4)."""
+    f = features.shape[1]
+    out = []
+    for m in matrices:
+        ab = torch.addmm(m[:, -1], features, m[:, :f].t())
+        out.append(ab.addmm_(base, m[:, f:f + 3].t()))
+    return torch.stack(out)
+
+
+class _AffineColors(torch.autograd.Function):
+    """max((1 + a) * c + b, 0) with [a, b] = M [f; c0; 1], forward and backward by hand: autograd through
+    slices and a batched matmul spent most of its time zero-filling and in skinny bmm kernels (two
+    thirds of the appearance overhead at 112k Gaussians)."""
+
+    @staticmethod
+    def forward(ctx, colors, features, base, matrices):
+        ab = affine_coefficients(features, base, matrices)  # (C,N,6)
+        v = torch.addcmul(ab[..., 3:], colors, ab[..., :3]).add_(colors)  # (1 + a) c + b
+        keep = v >= 0  # clamp_min's gradient rule: pass where the input is >= 0
+        ctx.save_for_backward(colors, features, base, matrices, ab, keep)
+        return v.clamp_min_(0.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        colors, features, base, matrices, ab, keep = ctx.saved_tensors
+        f = features.shape[1]
+        g = grad * keep
+        g_colors = torch.addcmul(g, g, ab[..., :3]) if ctx.needs_input_grad[0] else None
+        g_ab = torch.cat([g * colors, g], dim=-1)  # (C,N,6): d/da, d/db
+        g_features = None
+        g_matrices = torch.empty_like(matrices) if ctx.needs_input_grad[3] else None
+        for c in range(matrices.shape[0]):
+            if ctx.needs_input_grad[1]:
+                part = g_ab[c] @ matrices[c, :, :f]
+                g_features = part if g_features is None else g_features.add_(part)
+            if g_matrices is not None:
+                gt = g_ab[c].t()
+                g_matrices[c, :, :f] = gt @ features
+                g_matrices[c, :, f:f + 3] = gt @ base
+                g_matrices[c, :, -1] = g_ab[c].sum(0)
+        return g_colors, g_features, None, g_matrices
+
+
+def affine_colors(colors: Tensor, features: Tensor, base: Tensor, matrices: Tensor) -> Tensor:
+    """(C,N,3) max((1 + a) * colors + b, 0), [a, b] = M_g [f; c0; 1] per camera (module docstring).
+
+    colors (C,N,3) SH colours, features (N,F), base (N,3) DC colours (no gradient), matrices (C,6,F+4).
+    Differentiable w.r.t. colors, features and matrices.
+    """
+    return _AffineColors.apply(colors, features, base.detach(), matrices)
+
+
 class AppearanceMLPRenderer(VanillaRenderer):
     """3DGS with a per-group appearance model (module docstring).
 
@@ -240,17 +293,10 @@ class AppearanceMLPRenderer(VanillaRenderer):
         """(C,E) group embeddings -> (C, 6, feature_dim + 4) per-camera matrices M_g."""
         return self.mlp(embeddings).view(-1, 6, self.feature_dim + 4)
 
-    def _inputs(self, gaussians) -> Tensor:
-        """(N, feature_dim + 3) per-Gaussian inputs [f_i, sg(c0_i)] (the constant 1 is M_g's last column)."""
-        base = (SH_C0 * gaussians.sh0[:, 0, :] + 0.5).detach()  # the view-independent colour
-        return torch.cat([getattr(gaussians, FEATURES), base], dim=1)
-
     @staticmethod
-    def _transform(inputs: Tensor, matrices: Tensor) -> tuple[Tensor, Tensor]:
-        """(C,N,3) scale 1 + a and offset b from the (N,D+3) inputs and (C,6,D+4) matrices."""
-        weight, bias = matrices[..., :-1], matrices[..., -1]
-        ab = torch.baddbmm(bias[:, None, :], inputs.expand(matrices.shape[0], -1, -1), weight.transpose(1, 2))
-        return 1.0 + ab[..., :3], ab[..., 3:]
+    def _base(gaussians) -> Tensor:
+        """(N,3) the view-independent SH colour, gradient stopped: an input of the transform."""
+        return (SH_C0 * gaussians.sh0[:, 0, :] + 0.5).detach()
 
     def _base_colors(self, gaussians, cameras, sh_degree) -> Tensor:
         viewmats = cameras.viewmats().to(gaussians.means.dtype)
@@ -258,8 +304,8 @@ class AppearanceMLPRenderer(VanillaRenderer):
 
     def _render(self, gaussians, cameras, background, embeddings: Tensor, sh_degree=None) -> RenderOutput:
         colors = self._base_colors(gaussians, cameras, sh_degree)
-        scale, offset = self._transform(self._inputs(gaussians), self._matrices(embeddings))
-        return self._rasterize(gaussians, cameras, background, (colors * scale + offset).clamp_min(0.0), None)
+        colors = affine_colors(colors, getattr(gaussians, FEATURES), self._base(gaussians), self._matrices(embeddings))
+        return self._rasterize(gaussians, cameras, background, colors, None)
 
     # ---------------------------------------------------------------- evaluation
     def _table_id(self, cameras) -> int:
@@ -301,12 +347,12 @@ class AppearanceMLPRenderer(VanillaRenderer):
             keep = None if mask is None else mask[:, :width].clone()
             bg = background.clone()
             with torch.no_grad():
-                base = self._base_colors(gaussians, left, None)
-                inputs = self._inputs(gaussians).detach()
+                colors = self._base_colors(gaussians, left, None)
+                features, base = getattr(gaussians, FEATURES).detach(), self._base(gaussians)
             opt = torch.optim.Adam([embedding], lr=self.eval_embedding_lr)
             for _ in range(self.eval_embedding_steps):
-                scale, offset = self._transform(inputs, self._matrices(embedding[None]))
-                out = self._rasterize(gaussians, left, bg, (base * scale + offset).clamp_min(0.0), None, detach_geometry=True)
+                transformed = affine_colors(colors, features, base, self._matrices(embedding[None]))
+                out = self._rasterize(gaussians, left, bg, transformed, None, detach_geometry=True)
                 loss = l1(out.colors[0], gt, keep)
                 # autograd.grad, not backward: the MLP's weights must not collect .grad here (the next
                 # training step would add it to its own).
@@ -326,8 +372,8 @@ class AppearanceMLPRenderer(VanillaRenderer):
                 raise ValueError(f"appearance group {appearance_group!r} was asked for, but the model has no groups yet")
             return splats
         gid = self.group_index(appearance_group if appearance_group is not None else self._groups[0])
-        scale, offset = self._transform(self._inputs(gaussians), self._matrices(self.embeddings[gid][None]))
-        scale, offset = scale[0].float().cpu(), offset[0].float().cpu()
+        ab = affine_coefficients(getattr(gaussians, FEATURES), self._base(gaussians), self._matrices(self.embeddings[gid][None]))[0]
+        scale, offset = 1.0 + ab[:, :3].float().cpu(), ab[:, 3:].float().cpu()
         dc = SH_C0 * splats.sh0[:, 0, :] + 0.5
         splats.sh0 = ((scale * dc + offset - 0.5) / SH_C0)[:, None, :]
         splats.shN = splats.shN * scale[:, None, :]
