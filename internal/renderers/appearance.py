@@ -363,21 +363,32 @@ class AppearanceMLPRenderer(VanillaRenderer):
     # ---------------------------------------------------------------- exports
     @torch.no_grad()
     def export_splats(self, gaussians, appearance_group: Optional[str] = None):
-        """Splats with `appearance_group`'s look (default: the first group) baked into the SH: every band
-        scaled by 1 + a, the offset b added to the DC term. Exact wherever the SH colour is >= 0 (the
-        rasterizer clamps there either way)."""
+        """The Gaussians as Splats with `appearance_group`'s look (default: the first group) baked into the
+        SH (see bake_group)."""
         splats = gaussians.to_splats()
         if not self._groups:
             if appearance_group is not None:
                 raise ValueError(f"appearance group {appearance_group!r} was asked for, but the model has no groups yet")
             return splats
+        return self.bake_group(splats, getattr(gaussians, FEATURES).detach(), appearance_group)
+
+    @torch.no_grad()
+    def bake_group(self, splats, features: Tensor, appearance_group: Optional[str] = None):
+        """A copy of `splats` (pre-activation, its Gaussians' appearance `features` (N,F) in the same order)
+        whose plain SH colours are this renderer's colours for `appearance_group` (default: the first
+        group): every SH band scaled by 1 + a, the offset b added to the DC term. Exact wherever
+        SH + 0.5 >= 0 (where plain 3DGS does not clamp); the transform does not depend on the view."""
         gid = self.group_index(appearance_group if appearance_group is not None else self._groups[0])
-        ab = affine_coefficients(getattr(gaussians, FEATURES), self._base(gaussians), self._matrices(self.embeddings[gid][None]))[0]
-        scale, offset = 1.0 + ab[:, :3].float().cpu(), ab[:, 3:].float().cpu()
-        dc = SH_C0 * splats.sh0[:, 0, :] + 0.5
-        splats.sh0 = ((scale * dc + offset - 0.5) / SH_C0)[:, None, :]
-        splats.shN = splats.shN * scale[:, None, :]
-        return splats
+        sh0 = splats.sh0.to(features)
+        base = SH_C0 * sh0[:, 0, :] + 0.5
+        matrices = self._matrices(self.embeddings[gid][None].to(features))
+        ab = affine_coefficients(features, base, matrices)[0].to(splats.sh0)
+        scale, offset = 1.0 + ab[:, :3], ab[:, 3:]
+        return dataclasses.replace(
+            splats,
+            sh0=((scale * (SH_C0 * splats.sh0[:, 0, :] + 0.5) + offset - 0.5) / SH_C0)[:, None, :],
+            shN=splats.shN * scale[:, None, :],
+        )
 
     def extra_repr(self) -> str:
         return (f"groups={len(self._groups)}, feature_dim={self.feature_dim}, embedding_dim={self.embedding_dim}, "
