@@ -24,6 +24,7 @@ from PIL import Image
 
 from . import ddp, metrics
 from .density import DensityController
+from .errors import check
 from .gaussians import GaussianModel
 from .optim import create_optimizer, exp_lr
 from .renderers import VanillaRenderer
@@ -49,6 +50,15 @@ class OptimizationParams:
     """λ in (1-λ)·L1 + λ·(1-SSIM)."""
     sh_degree_interval: int = 1000
     """Raise the active SH degree by one every this many steps, up to `sh_degree`."""
+
+    def __post_init__(self):
+        opt = "--model.optimization."
+        for name in ("means_lr_init", "means_lr_final", "sh0_lr", "shN_lr", "opacities_lr", "scales_lr", "quats_lr"):
+            value = getattr(self, name)
+            check(value >= 0 and value == value and value != float("inf"), opt + name, f"must be a finite rate >= 0, got {value}")
+        check(self.means_lr_max_steps > 0, opt + "means_lr_max_steps", f"must be > 0, got {self.means_lr_max_steps}")
+        check(0.0 <= self.ssim_weight <= 1.0, opt + "ssim_weight", f"must be in [0,1], got {self.ssim_weight}")
+        check(self.sh_degree_interval > 0, opt + "sh_degree_interval", f"must be > 0, got {self.sh_degree_interval}")
 
 
 class GaussianSplatting(lightning.LightningModule):
@@ -79,8 +89,9 @@ class GaussianSplatting(lightning.LightningModule):
         save_renders: bool = True,
     ):
         super().__init__()
-        if not 0 <= sh_degree <= 3:
-            raise ValueError(f"sh_degree must be 0..3, got {sh_degree}")
+        check(0 <= sh_degree <= 3, "--model.sh_degree",
+              f"must be 0..3 (what the PLY layout and the rasterizer support), got {sh_degree}")
+        check(0.0 < init_opacity < 1.0, "--model.init_opacity", f"must be in (0,1), got {init_opacity}")
         self.save_hyperparameters(ignore=["renderer", "density"])
         self.automatic_optimization = False
         self.gaussians = GaussianModel(sh_degree)
