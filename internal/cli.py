@@ -134,6 +134,7 @@ def main(args=None) -> None:
     """Entry point of main.py. Errors about the user's input end the run with their one-line message
     (exit status 1) instead of a traceback; GS_TRACEBACK=1 shows the traceback too."""
     from .data.errors import DatasetError
+    from .guidance import GuidanceError
     from .module import NonFiniteLossError
     from .splats import PlyFormatError
 
@@ -141,7 +142,7 @@ def main(args=None) -> None:
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
         GSCLI(args=args)
-    except (DatasetError, PlyFormatError, NonFiniteLossError) as exc:
+    except (DatasetError, PlyFormatError, NonFiniteLossError, GuidanceError) as exc:
         if os.environ.get("GS_TRACEBACK") == "1":
             raise
         print(f"error: {exc}", file=sys.stderr)
