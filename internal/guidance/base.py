@@ -18,6 +18,7 @@ several processes each process guides a different view, as each trains on a diff
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -47,7 +48,7 @@ def linear_schedule(start_value: float, end_value: Optional[float], step: int, s
     return float(start_value + f * (end_value - start_value))
 
 
-class Guidance:
+class Guidance(abc.ABC):
     """Base class: the step schedule, the per-step generator and the configuration record.
 
     Args:
@@ -94,8 +95,9 @@ class Guidance:
         is restored): load models, read the training cameras of `scene`."""
         self.max_steps = max_steps
 
+    @abc.abstractmethod
     def __call__(self, step: int, renderer, gaussians, background: Tensor, generator: torch.Generator) -> Optional[GuidanceOutput]:
-        raise NotImplementedError
+        """The weighted extra loss at this training step, or None when not due (then draw nothing)."""
 
     def config(self) -> dict[str, Any]:
         """{"class_path", "init_args"}: what a checkpoint keeps of a guidance (never its model weights)."""

@@ -156,7 +156,9 @@ class SDSGuidance(Guidance):
         w(t)·(ε̂ - ε) / B (module docstring)."""
         sd = self.sd
         if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
-            images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+            shrink = images.shape[-1] > self.resolution or images.shape[-2] > self.resolution
+            images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False,
+                                   antialias=shrink)
         latents = sd.encode_images(images)
         t = t.to(sd.device)
         noisy = sd.add_noise(latents.detach(), noise.to(latents.device, latents.dtype), t)

@@ -41,8 +41,11 @@ def write_tokenizer(folder: Path, max_length: int = 77) -> None:
 def build_tiny_stable_diffusion(folder, seed: int = 0, prediction_type: str = "epsilon", text_dim: int = 16) -> Path:
     """Write a tiny random Stable Diffusion folder at `folder` and return its path."""
     import torch
+    import transformers
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    transformers.utils.logging.disable_progress_bar()  # "Writing model shards" for a 30 kB file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
