@@ -212,6 +212,7 @@ def main(args=None) -> None:
     from .checkpoints import CheckpointError
     from .data.errors import DatasetError
     from .errors import ConfigError
+    from .guidance import GuidanceError
     from .module import NonFiniteLossError
     from .splats import PlyFormatError
 
@@ -225,7 +226,7 @@ def main(args=None) -> None:
             raise
         print(f"error: {parse_error_line(exc, list(sys.argv[1:] if args is None else args))}", file=sys.stderr)
         sys.exit(1)
-    except (DatasetError, PlyFormatError, NonFiniteLossError, ConfigError, CheckpointError,
+    except (DatasetError, PlyFormatError, NonFiniteLossError, ConfigError, CheckpointError, GuidanceError,
             MisconfigurationException) as exc:
         if os.environ.get("GS_TRACEBACK") == "1":
             raise
