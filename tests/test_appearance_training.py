@@ -124,6 +124,51 @@ def test_the_exported_ply_carries_a_group_and_reloads(fits, tmp_path):
     torch.testing.assert_close(rebuilt.export_splats(g, "look_1").sh0, renderer.export_splats(model, "look_1").sh0)
 
 
+def test_loaded_checkpoints_render_a_chosen_group(fits):
+    """internal/loading.py (the tools' one render path): an appearance run loads with its groups,
+    render_view(appearance_group=NAME) is the training renderer's image of that group, no group means
+    the first (as PLY exports), and splats_for_group bakes the group as the export does."""
+    import numpy as np
+
+    from internal.data.cameras import Cameras
+    from internal.loading import load_model, render_view
+
+    cli, exp = fits["appearance"]
+    renderer, gaussians = cli.model.renderer.eval(), cli.model.gaussians
+    model = load_model(exp)
+    assert model.appearance_groups == ["look_0", "look_1"] and isinstance(model.renderer, AppearanceMLPRenderer)
+    assert set(model.extras) == {"appearance_features"}
+    e = model.cameras[1]
+    c2w = np.eye(4)
+    c2w[:3, :3], c2w[:3, 3] = np.asarray(e["rotation"]), np.asarray(e["position"])
+    w2c = np.linalg.inv(c2w)
+    W, H = e["width"], e["height"]
+    K = np.array([[e["fx"], 0, W / 2], [0, e["fy"], H / 2], [0, 0, 1]])
+    bg = torch.tensor(model.background)
+    renders = {}
+    for gid, name in enumerate(model.appearance_groups):
+        cams = Cameras.from_numpy(w2c[:3, :3], w2c[:3, 3], e["fx"], e["fy"], W / 2, H / 2, [W], [H], appearance_id=[gid])
+        with torch.no_grad():
+            ref = renderer(gaussians, cams, bg)
+        renders[name] = render_view(model, w2c, K, W, H, appearance_group=name)
+        torch.testing.assert_close(renders[name].colors, ref.colors, atol=1e-5, rtol=0)
+        assert renders[name].alphas.mean() > 0.05
+    # The looks differ (3 dB in this scene), and no group means the first one.
+    gap = (renders["look_0"].colors - renders["look_1"].colors).abs().mean()
+    assert gap > 0.02, gap
+    torch.testing.assert_close(render_view(model, w2c, K, W, H).colors, renders["look_0"].colors, atol=0, rtol=0)
+    # Baked splats rendered plainly: the export's SH, and the same image wherever SH + 0.5 >= 0.
+    baked = model.splats_for_group("look_1")
+    torch.testing.assert_close(baked.sh0, renderer.export_splats(gaussians, "look_1").sh0)
+    plain = render_view(type(model)(**{**model.__dict__, "splats": baked, "renderer": None, "appearance_groups": [],
+                                       "extras": {}, "_cache": {}}), w2c, K, W, H)
+    assert (plain.colors - renders["look_1"].colors).abs().mean() < 2e-3
+    with pytest.raises(ValueError, match="'noon' is not one of this model's groups: look_0, look_1"):
+        render_view(model, w2c, K, W, H, appearance_group="noon")
+    with pytest.raises(ValueError, match="'noon' is not one of this model's groups"):
+        model.splats_for_group("noon")
+
+
 def test_unknown_export_group_is_refused_before_training(varied, tmp_path, capsys):
     from internal.cli import main
 

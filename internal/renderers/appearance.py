@@ -136,6 +136,8 @@ class AppearanceMLPRenderer(VanillaRenderer):
         seed: seed of the initial features, embeddings and MLP weights (the same on every process).
     """
 
+    feature_key = FEATURES  # the per-Gaussian parameter holding the features (loading.py reads it by this name)
+
     def __init__(
         self,
         backend: str = "auto",
