@@ -424,7 +424,9 @@ def _render_with_renderer(model, means, quats, scales, opacities, sh, degree, vi
     cams = Cameras.from_numpy(
         c[:3, :3], c[:3, 3], k[0, 0], k[1, 1], k[0, 2], k[1, 2], [width], [height], appearance_id=[group]
     ).to(means.device)
-    view = _GaussiansView(means, quats, scales, opacities, sh, degree, model.extras)
+    # extras follow the splats row for row; a prefix of the Gaussians (fewer drawn) takes their prefix.
+    extras = {k: v[: means.shape[0]] for k, v in model.extras.items()}
+    view = _GaussiansView(means, quats, scales, opacities, sh, degree, extras)
     renderer = model.renderer
     if all(hasattr(renderer, a) for a in ("backend", "near", "far")):
         renderer = copy.copy(renderer)
