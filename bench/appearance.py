@@ -1,6 +1,7 @@
 """The appearance model measured: quality on a varied-appearance scene, and the cost of a training step.
 
     .venv/bin/python bench/appearance.py quality [--steps 7000] [--groups 4] [--runs ceiling plain appearance]
+        [--tested_at plain=5000]     # score a run that was stopped early at its test of that step
     .venv/bin/python bench/appearance.py cost --ckpt outputs/bench-appearance-7000-ceiling/checkpoints/last.ckpt
 
 quality: builds outputs/bench-appearance-scene-g<G>, a copy of lego 400 (../shared/data) in which image k
@@ -65,7 +66,8 @@ def varied_scene(output: Path, groups: int, seed: int) -> Path:
     return dst
 
 
-def train_and_test(name: str, data: Path, steps: int, output: Path, appearance: bool, extra: list[str]) -> dict:
+def train_and_test(name: str, data: Path, steps: int, output: Path, appearance: bool, extra: list[str],
+                   tested_at: int | None = None) -> dict:
     configs = ["configs/blender.yaml", "configs/cpu_fast.yaml"] + (["configs/appearance.yaml"] if appearance else [])
     exp = output / name
     cmd = [sys.executable, "main.py", "fit"] + sum((["--config", c] for c in configs), []) + [
@@ -73,9 +75,15 @@ def train_and_test(name: str, data: Path, steps: int, output: Path, appearance: 
         "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps), "--save_steps", f"[{steps}]",
         "--model.optimization.means_lr_max_steps", str(steps), "--trainer.enable_progress_bar", "false",
     ] + (["--data.params.blender.appearance_groups", GROUP_FILE] if appearance else []) + extra
+    if tested_at is not None:  # stopped early and tested by hand at that step
+        if not (exp / "metrics" / f"test-step={tested_at}.csv").is_file():
+            sys.exit(f"--tested_at: {exp} has no metrics/test-step={tested_at}.csv; test that checkpoint first "
+                     f"(main.py test --config {exp}/config.yaml --ckpt_path CKPT)")
+        print(f"{name}: scored at step {tested_at} (stopped before {steps})", flush=True)
+        return {"name": name, "exp": exp, "fit_s": None, "steps": tested_at}
     if (exp / "metrics" / f"test-step={steps}.csv").is_file():
         print(f"{name}: already measured, reusing {exp}", flush=True)
-        return {"name": name, "exp": exp, "fit_s": None}
+        return {"name": name, "exp": exp, "fit_s": None, "steps": steps}
     print("+", " ".join(cmd), f"({load()})", flush=True)
     t0 = time.time()
     subprocess.run(cmd, cwd=REPO, check=True)
@@ -83,7 +91,7 @@ def train_and_test(name: str, data: Path, steps: int, output: Path, appearance: 
     subprocess.run([sys.executable, "main.py", "test", "--config", str(exp / "config.yaml"), "--ckpt_path", "last",
                     "--trainer.enable_progress_bar", "false"], cwd=REPO, check=True)
     print(f"{name}: fit {fit_s:.0f} s ({load()})", flush=True)
-    return {"name": name, "exp": exp, "fit_s": fit_s}
+    return {"name": name, "exp": exp, "fit_s": fit_s, "steps": steps}
 
 
 def group_of_images(scene: Path) -> dict[str, str]:
@@ -91,28 +99,28 @@ def group_of_images(scene: Path) -> dict[str, str]:
     return {Path(n).stem: g for g, names in groups.items() for n in names if n.startswith("test/")}
 
 
-def summarise(run: dict, steps: int, groups: dict[str, str]) -> dict:
-    rows = [r for r in read_rows(run["exp"] / "metrics" / f"test-step={steps}.csv") if r["image"] != "MEAN"]
+def summarise(run: dict, groups: dict[str, str]) -> dict:
+    rows = [r for r in read_rows(run["exp"] / "metrics" / f"test-step={run['steps']}.csv") if r["image"] != "MEAN"]
     per_group: dict[str, list[float]] = {}
     for r in rows:
         per_group.setdefault(groups[Path(r["image"]).stem], []).append(float(r["psnr"]))
     import torch
 
     n = int(torch.load(run["exp"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]["gaussians.means"].shape[0])
-    return {"name": run["name"], "psnr": float(np.mean([float(r["psnr"]) for r in rows])),
+    return {"name": run["name"], "steps": run["steps"], "psnr": float(np.mean([float(r["psnr"]) for r in rows])),
             "ssim": float(np.mean([float(r["ssim"]) for r in rows])), "images": len(rows), "gaussians": n,
             "fit_s": run["fit_s"], "per_group": {g: float(np.mean(v)) for g, v in sorted(per_group.items())},
             "protocols": sorted({r.get("protocol", "") for r in rows} - {""})}
 
 
-def contact_sheet(runs: dict, steps: int, groups: dict[str, str], out: Path, size: int = 200) -> Path:
+def contact_sheet(runs: dict, groups: dict[str, str], out: Path, size: int = 200) -> Path:
     """One row per group (its first test view): varied ground truth, appearance, plain, ceiling."""
     first: dict[str, str] = {}
     for stem, g in sorted(groups.items(), key=lambda kv: int(kv[0].split("_")[-1])):
         first.setdefault(g, stem)
 
     def img(run: str, stem: str, kind: str) -> np.ndarray:
-        folder = runs[run]["exp"] / "renders" / f"test-step={steps}"
+        folder = runs[run]["exp"] / "renders" / f"test-step={runs[run]['steps']}"
         f = next(folder.glob(f"*_{stem}_{kind}.png"))
         return np.asarray(Image.open(f).convert("RGB").resize((size, size)))
 
@@ -133,12 +141,19 @@ def quality(args, extra: list[str]) -> None:
     scene = varied_scene(output, args.groups, args.seed)
     tag = f"{args.steps}-g{args.groups}"
     plan = {"ceiling": (LEGO, False), "plain": (scene, False), "appearance": (scene, True)}
+    tested_at = {}
+    for item in args.tested_at:
+        key, _, step = item.partition("=")
+        if key not in plan or not step.isdigit():
+            sys.exit(f"--tested_at {item!r}: expected RUN=STEP with RUN one of {', '.join(plan)}")
+        tested_at[key] = int(step)
     runs = {}
     for key in args.runs:
         data, appearance = plan[key]
-        runs[key] = train_and_test(f"bench-appearance-{tag}-{key}", data, args.steps, output, appearance, extra)
+        runs[key] = train_and_test(f"bench-appearance-{tag}-{key}", data, args.steps, output, appearance, extra,
+                                   tested_at.get(key))
     groups = group_of_images(scene)
-    summary = {k: summarise(r, args.steps, groups) for k, r in runs.items()}
+    summary = {k: summarise(r, groups) for k, r in runs.items()}
     for s in summary.values():
         print(json.dumps(s))
     if {"plain", "appearance"} <= set(summary):
@@ -148,7 +163,7 @@ def quality(args, extra: list[str]) -> None:
         gap = summary["ceiling"]["psnr"] - summary["appearance"]["psnr"]
         print(f"ceiling - appearance: {gap:+.2f} dB (goal <= 1)")
     if {"plain", "appearance"} <= set(runs):
-        sheet = contact_sheet(runs, args.steps, groups, output / f"bench-appearance-{tag}-contact_sheet.png")
+        sheet = contact_sheet(runs, groups, output / f"bench-appearance-{tag}-contact_sheet.png")
         print(f"contact sheet (rows: groups; columns: varied ground truth, appearance, plain{', ceiling' if 'ceiling' in runs else ''}): {sheet}")
 
 
@@ -261,6 +276,8 @@ def main() -> None:
     q.add_argument("--seed", type=int, default=0, help="seed of the looks")
     q.add_argument("--runs", nargs="+", default=["ceiling", "plain", "appearance"], choices=["ceiling", "plain", "appearance"])
     q.add_argument("--output", default="outputs")
+    q.add_argument("--tested_at", nargs="*", default=[], metavar="RUN=STEP",
+                   help="a run stopped before --steps, scored at its test of STEP (it is not trained further)")
     c = sub.add_parser("cost")
     c.add_argument("--ckpt", required=True, type=Path)
     c.add_argument("--reps", type=int, default=16)
