@@ -425,6 +425,11 @@ def _render_with_renderer(model, means, quats, scales, opacities, sh, degree, vi
         c[:3, :3], c[:3, 3], k[0, 0], k[1, 1], k[0, 2], k[1, 2], [width], [height], appearance_id=[group]
     ).to(means.device)
     # extras follow the splats row for row; a prefix of the Gaussians (fewer drawn) takes their prefix.
+    key = getattr(model.renderer, "feature_key", None)
+    if key is not None and (key not in model.extras or model.extras[key].shape[0] < means.shape[0]):
+        raise ValueError(f"this LoadedModel lacks the per-Gaussian {key!r} its renderer needs (extras: "
+                         f"{sorted(model.extras)}); whoever copies or reorders a model's splats must carry "
+                         "`extras` along, row for row")
     extras = {k: v[: means.shape[0]] for k, v in model.extras.items()}
     view = _GaussiansView(means, quats, scales, opacities, sh, degree, extras)
     renderer = model.renderer

@@ -167,6 +167,9 @@ def test_loaded_checkpoints_render_a_chosen_group(fits):
         render_view(model, w2c, K, W, H, appearance_group="noon")
     with pytest.raises(ValueError, match="'noon' is not one of this model's groups"):
         model.splats_for_group("noon")
+    # A copy of the model that dropped the features is refused by name, not with an AttributeError.
+    with pytest.raises(ValueError, match="lacks the per-Gaussian 'appearance_features'"):
+        render_view(type(model)(**{**model.__dict__, "extras": {}, "_cache": {}}), w2c, K, W, H, appearance_group="look_0")
 
 
 def test_unknown_export_group_is_refused_before_training(varied, tmp_path, capsys):
