@@ -82,6 +82,9 @@ class GSCLI(LightningCLI):
                             help="steps at which a checkpoint and a point_cloud.ply are kept")
         parser.add_argument("--checkpoint_every", type=int, default=1_000,
                             help="refresh checkpoints/last.ckpt every this many steps (for resuming)")
+        parser.add_argument("--viewer", type=bool, nargs="?", const=True, default=False,
+                            help="serve the web viewer on the model in training (internal/viewer/live.py)")
+        parser.add_argument("--viewer_port", type=int, default=8080, help="port of the live viewer's page")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -114,6 +117,10 @@ class GSCLI(LightningCLI):
             SaveAtSteps(cfg.save_steps),
             WriteCameras(),
         ]
+        if cfg.get("viewer") and self.subcommand in (None, "fit"):
+            from .viewer.live import LiveViewer  # viser is imported only when the viewer is asked for
+
+            extra.append(LiveViewer(port=cfg.viewer_port))
         user = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         kwargs["callbacks"] = extra + (list(user) if isinstance(user, (list, tuple)) else [user])
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
@@ -136,12 +143,13 @@ def main(args=None) -> None:
     from .data.errors import DatasetError
     from .module import NonFiniteLossError
     from .splats import PlyFormatError
+    from .viewer.app import PortInUseError
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
         GSCLI(args=args)
-    except (DatasetError, PlyFormatError, NonFiniteLossError) as exc:
+    except (DatasetError, PlyFormatError, NonFiniteLossError, PortInUseError) as exc:
         if os.environ.get("GS_TRACEBACK") == "1":
             raise
         print(f"error: {exc}", file=sys.stderr)

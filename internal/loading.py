@@ -13,7 +13,6 @@ import importlib
 import json
 import math
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +43,7 @@ class LoadedModel:
     background: tuple[float, float, float]  # the training background when known, else (0,0,0)
     renderer: torch.nn.Module | None  # the checkpoint's renderer rebuilt with its weights (None for a .ply)
     appearance_groups: list[str]  # group names when the renderer has an appearance model, else []
-    # Activated tensors for rasterize(), reused while the splats are unchanged (see _activated).
+    # Activated tensors for rasterize(), reused while the splats are unchanged (see activated_gaussians).
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -270,7 +269,7 @@ def load_model(path, device="cpu") -> LoadedModel:
 
 # ---------------------------------------------------------------- rendering
 
-def _activated(model: LoadedModel):
+def activated_gaussians(model: LoadedModel):
     """(means, unit quats, scales, opacities, sh) of the model's splats, cached while they are unchanged.
 
     The key holds the tensors' identities and version counters, so in-place updates (a live training run
@@ -344,7 +343,7 @@ def render_view(
     degree = available if sh_degree is None else int(sh_degree)
     if not 0 <= degree <= available:
         raise ValueError(f"sh_degree={sh_degree}, but this model carries SH degree 0..{available}")
-    means, quats, scales, opacities, sh = _activated(model)
+    means, quats, scales, opacities, sh = activated_gaussians(model)
     device, dtype = means.device, means.dtype
     viewmat = torch.as_tensor(viewmat, dtype=dtype, device=device).reshape(1, 4, 4)
     K = torch.as_tensor(K, dtype=dtype, device=device).reshape(1, 3, 3)
@@ -478,5 +477,5 @@ def default_view(model: LoadedModel, fov_y: float = math.radians(50.0)) -> tuple
 __all__ = [
     "ModelLoadError", "LoadedModel", "resolve_model_path", "load_model", "render_view", "checkpoint_step",
     "read_cameras_json", "check_appearance_group", "camera_entry_c2w", "intrinsics", "robust_bounds", "look_at",
-    "estimate_up", "default_view",
+    "estimate_up", "default_view", "activated_gaussians",
 ]

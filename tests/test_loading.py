@@ -14,19 +14,12 @@ from internal.loading import (
     LoadedModel, ModelLoadError, default_view, intrinsics, load_model, render_view, resolve_model_path,
 )
 from internal.renderers import VanillaRenderer
-from viewer_helpers import train_tiny
+from viewer_helpers import tiny_run_fixture
 
 STEPS = 40
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setattr("sys.argv", ["main.py"])  # LightningCLI warns when both sys.argv and args are given
-    try:
-        yield train_tiny(tmp_path_factory.mktemp("loading"), steps=STEPS)
-    finally:
-        mp.undo()
+run = tiny_run_fixture("loading", steps=STEPS)
 
 
 def test_output_folder_loads_its_checkpoint(run):

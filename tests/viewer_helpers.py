@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -33,3 +35,18 @@ def train_tiny(root: Path, steps: int = 40, size: int = 64, name: str = "tiny", 
     finally:
         os.chdir(cwd)
     return root / "outputs" / name
+
+
+def tiny_run_fixture(name: str, **train_kwargs):
+    """A module-scoped fixture: train_tiny into a tmp folder once per test module."""
+
+    @pytest.fixture(scope="module")
+    def run(tmp_path_factory):
+        mp = pytest.MonkeyPatch()
+        mp.setattr("sys.argv", ["main.py"])  # LightningCLI warns when both sys.argv and args are given
+        try:
+            yield train_tiny(tmp_path_factory.mktemp(name), **train_kwargs)
+        finally:
+            mp.undo()
+
+    return run
