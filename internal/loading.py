@@ -316,6 +316,7 @@ def render_view(
     near: float = 0.01,
     far: float = 1e10,
     backend: str = "auto",
+    max_gaussians: int | None = None,
 ) -> RenderOutput:
     """Render one view of a loaded model.
 
@@ -329,6 +330,8 @@ def render_view(
         scaling_modifier: multiplies every Gaussian's scale (1 = as trained).
         near, far: depth range of the Gaussians drawn.
         backend: rasterizer backend ("auto": gsplat on CUDA, else our native CPU rasterizer).
+        max_gaussians: draw only the first this many Gaussians (a zero-copy prefix; the viewer orders a
+            model by visibility with sort_by_visibility and draws fewer while the camera moves).
     Returns:
         RenderOutput with colors (1,H,W,3) on the background, alphas (1,H,W,1), depths (1,H,W,1) expected
         depth (0 where nothing was drawn), means2d, radii.
@@ -344,6 +347,9 @@ def render_view(
     if not 0 <= degree <= available:
         raise ValueError(f"sh_degree={sh_degree}, but this model carries SH degree 0..{available}")
     means, quats, scales, opacities, sh = activated_gaussians(model)
+    if max_gaussians is not None and 0 <= int(max_gaussians) < means.shape[0]:
+        k = int(max_gaussians)
+        means, quats, scales, opacities, sh = means[:k], quats[:k], scales[:k], opacities[:k], sh[:k]
     device, dtype = means.device, means.dtype
     viewmat = torch.as_tensor(viewmat, dtype=dtype, device=device).reshape(1, 4, 4)
     K = torch.as_tensor(K, dtype=dtype, device=device).reshape(1, 3, 3)
@@ -359,6 +365,25 @@ def render_view(
                                      bg, group)
     return rasterize(means, quats, scales, opacities, sh, viewmat, K, width, height, near=near, far=far,
                      sh_degree=degree, backgrounds=bg, backend=backend)
+
+
+def visibility_score(opacities: Tensor, scales: Tensor) -> Tensor:
+    """How much an (activated) Gaussian shows: opacity x the area of its footprint (geometric-mean scale squared)."""
+    return opacities * torch.exp(torch.log(scales.clamp_min(1e-12)).mean(dim=-1) * 2.0)
+
+
+@torch.no_grad()
+def sort_by_visibility(model: LoadedModel) -> LoadedModel:
+    """The model with its Gaussians reordered, most visible first (the picture is the same: the rasterizer
+    sorts by depth), so that any prefix (render_view's max_gaussians) holds the ones that show most."""
+    _, _, scales, opacities, _ = activated_gaussians(model)
+    order = torch.argsort(visibility_score(opacities, scales), descending=True, stable=True)
+    s = model.splats
+    splats = Splats(means=s.means[order], quats=s.quats[order], scales=s.scales[order], opacities=s.opacities[order],
+                    sh0=s.sh0[order], shN=s.shN[order], normals=None if s.normals is None else s.normals[order])
+    return LoadedModel(splats=splats, source=model.source, step=model.step, cameras=model.cameras,
+                       background=model.background, renderer=model.renderer,
+                       appearance_groups=list(model.appearance_groups))
 
 
 class _GaussiansView:
@@ -434,7 +459,7 @@ def look_at(eye, target, up) -> np.ndarray:
     eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
     z = target - eye
     z /= max(np.linalg.norm(z), 1e-12)
-    x = np.cross(z, -up)
+    x = np.cross(z, up)  # right = forward x up; then down = forward x right
     if np.linalg.norm(x) < 1e-9:  # looking along `up`: any perpendicular will do
         x = np.cross(z, np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0]))
     x /= np.linalg.norm(x)
@@ -477,5 +502,5 @@ def default_view(model: LoadedModel, fov_y: float = math.radians(50.0)) -> tuple
 __all__ = [
     "ModelLoadError", "LoadedModel", "resolve_model_path", "load_model", "render_view", "checkpoint_step",
     "read_cameras_json", "check_appearance_group", "camera_entry_c2w", "intrinsics", "robust_bounds", "look_at",
-    "estimate_up", "default_view", "activated_gaussians",
+    "estimate_up", "default_view", "activated_gaussians", "visibility_score", "sort_by_visibility",
 ]

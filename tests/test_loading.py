@@ -206,3 +206,49 @@ def test_a_ply_from_elsewhere_opens_looking_at_its_content():
     # the content sits in the middle of the frame, not at an edge
     ys, xs = torch.nonzero(covered, as_tuple=True)
     assert 20 < xs.float().mean() < 76 and 12 < ys.float().mean() < 52
+
+
+def test_visibility_order_and_prefix_rendering(run):
+    from internal.loading import sort_by_visibility, visibility_score
+
+    model = load_model(run)
+    ordered = sort_by_visibility(model)
+    _, _, scales, opac, _ = gs.Splats.activated(ordered.splats)
+    score = visibility_score(opac, scales)
+    assert (score[:-1] >= score[1:]).all()  # most visible first
+    c2w, fov = default_view(model)
+    w2c, K = np.linalg.inv(c2w), intrinsics(fov, 48, 40)
+    # The same picture in another order (the rasterizer sorts by depth).
+    torch.testing.assert_close(render_view(ordered, w2c, K, 48, 40).colors, render_view(model, w2c, K, 48, 40).colors,
+                               atol=1e-5, rtol=0)
+    # max_gaussians draws exactly the prefix.
+    k = model.num_gaussians // 4
+    prefix = LoadedModel(**{**ordered.__dict__, "_cache": {}})
+    prefix.splats = gs.Splats(**{f: getattr(ordered.splats, f)[:k] for f in ("means", "quats", "scales", "opacities", "sh0", "shN")})
+    part = render_view(ordered, w2c, K, 48, 40, max_gaussians=k)
+    torch.testing.assert_close(part.colors, render_view(prefix, w2c, K, 48, 40).colors, atol=1e-6, rtol=0)
+    assert (part.radii > 0).sum() <= k
+
+
+def test_look_at_is_upright():
+    from internal.loading import look_at
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        eye, target, up = rng.normal(size=3) * 3, rng.normal(size=3), rng.normal(size=3)
+        up /= np.linalg.norm(up)
+        c2w = look_at(eye, target, up)
+        R = c2w[:3, :3]
+        np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-12)
+        assert np.linalg.det(R) > 0
+        w2c = np.linalg.inv(c2w)
+        K = intrinsics(1.0, 100, 100)
+        def pix(p):
+            q = w2c[:3, :3] @ p + w2c[:3, 3]
+            return (K @ q)[:2] / q[2]
+        u0, v0 = pix(target)
+        assert abs(u0 - 50) < 1e-6 and abs(v0 - 50) < 1e-6  # the target is in the centre
+        side = np.cross(target - eye, up)
+        if np.linalg.norm(side) > 1e-3:
+            assert pix(target + 0.1 * up)[1] < 50  # what is up is drawn higher (smaller row)
+            assert pix(target + 0.1 * side / np.linalg.norm(side))[0] > 50  # forward x up is to the right

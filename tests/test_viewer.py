@@ -18,7 +18,7 @@ from internal.loading import intrinsics, load_model
 from internal.viewer.app import PortInUseError, check_port_free, free_port
 from internal.viewer.browser import browser_splats
 from internal.viewer.cli import UsageError, parse_colour, parse_up
-from internal.viewer.frames import CameraState, DisplaySettings, MovingResolution, colorize_depth, frame_size, render_frame
+from internal.viewer.frames import CameraState, DisplaySettings, MovingQuality, colorize_depth, frame_size, render_frame
 from internal.viewer.live import TrainingGate
 from internal.viewer.loop import ClientGone, RenderLoop
 from internal.viewer.paths_panel import UnsafeNameError, safe_file
@@ -77,25 +77,37 @@ def test_colorize_depth_clamps_and_keeps_the_background():
     assert not np.allclose(out[0, 0].numpy(), out[0, 1].numpy())
 
 
-def test_frame_size_and_moving_resolution():
+def test_frame_size_and_moving_quality():
     assert frame_size(1920, 1080, 1280) == (1280, 720)
     assert frame_size(800, 600, 1920) == (800, 600)
-    res = MovingResolution(target_seconds=0.1, min_long_side=64)
-    res.observe(0.4, moving=False, pixels=1280 * 720, still_pixels=1280 * 720)
-    assert res.size(1280, 720)[0] == 640  # 0.4 s still -> half the side is 4x fewer pixels
+    q = MovingQuality(target_seconds=0.1, min_long_side=64, lod_long_side=320, min_fraction=0.1)
+    q.observe(0.4, moving=False)
+    assert q.plan(1280, 720) == (640, 360, 1.0)  # 0.4 s still -> half the side is 4x fewer pixels
     # A render whose time is proportional to the pixel count settles where it meets the target.
     for _ in range(20):
-        w, h = res.size(1280, 720)
-        res.observe(0.4 * w * h / (1280 * 720) * 1.5, moving=True, pixels=w * h, still_pixels=1280 * 720)
-    w, h = res.size(1280, 720)
-    assert 0.4 * 1.5 * w * h / (1280 * 720) == pytest.approx(0.1, rel=0.15)
+        w, h, f = q.plan(1280, 720)
+        q.observe(0.6 * w * h / (1280 * 720), moving=True)
+    w, h, f = q.plan(1280, 720)
+    assert 0.6 * w * h / (1280 * 720) == pytest.approx(0.1, rel=0.15) and f == 1.0
+    # A render dominated by a per-Gaussian cost: below 320 px the share of the Gaussians drawn goes down.
+    q = MovingQuality(target_seconds=0.1, min_long_side=64, lod_long_side=320, min_fraction=0.1)
+    for _ in range(40):
+        w, h, f = q.plan(1280, 720)
+        q.observe(0.02 + 0.4 * f, moving=True)
+    w, h, f = q.plan(1280, 720)
+    assert (w, h) == (320, 180) and 0.1 < f < 1 and 0.02 + 0.4 * f == pytest.approx(0.1, rel=0.15)
     # Never below the minimum, never above the still frame.
-    for _ in range(30):
-        res.observe(10.0, moving=True, pixels=w * h, still_pixels=1280 * 720)
-    assert max(res.size(1280, 720)) == 64
-    for _ in range(30):
-        res.observe(1e-4, moving=True, pixels=w * h, still_pixels=1280 * 720)
-    assert res.size(1280, 720) == (1280, 720)
+    for _ in range(60):
+        q.observe(10.0, moving=True)
+    assert q.plan(1280, 720) == (64, 36, 0.1)
+    for _ in range(60):
+        q.observe(1e-4, moving=True)
+    assert q.plan(1280, 720) == (1280, 720, 1.0)
+    # Without visibility order (a live training run) the Gaussians are never thinned.
+    q = MovingQuality(target_seconds=0.1, min_fraction=1.0)
+    for _ in range(60):
+        q.observe(10.0, moving=True)
+    assert q.plan(1280, 720)[2] == 1.0
 
 
 # ---------------------------------------------------------------- the render loop
@@ -109,7 +121,7 @@ class FakeClient:
         self.fail_next = False
         self.gone = False
 
-    def render(self, cam, w, h):
+    def render(self, cam, w, h, fraction=1.0):
         time.sleep(0.002 + self.cost * w * h / 1e6)
         if self.fail_next:
             self.fail_next = False

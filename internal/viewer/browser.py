@@ -10,13 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..loading import LoadedModel, activated_gaussians
+from ..loading import LoadedModel, activated_gaussians, visibility_score
 from ..rasterize.projection import SH_C0
-
-
-def visibility_score(opacities: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """How much a Gaussian shows on screen: opacity x the area of its footprint (geometric-mean scale squared)."""
-    return opacities * torch.exp(torch.log(scales.clamp_min(1e-12)).mean(dim=-1) * 2.0)
 
 
 @torch.no_grad()
@@ -47,4 +42,4 @@ def browser_splats(model: LoadedModel, budget: int, scaling_modifier: float = 1.
     return np32(means), np32(cov), np32(rgb), np32(opacities[:, None])
 
 
-__all__ = ["browser_splats", "visibility_score"]
+__all__ = ["browser_splats"]

@@ -102,8 +102,10 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def render_frame(model: LoadedModel, camera: CameraState, settings: DisplaySettings, width: int, height: int) -> np.ndarray:
-    """The (height, width, 3) uint8 image of `model` seen from `camera`, in the settings' render mode."""
+def render_frame(model: LoadedModel, camera: CameraState, settings: DisplaySettings, width: int, height: int,
+                 fraction: float = 1.0) -> np.ndarray:
+    """The (height, width, 3) uint8 image of `model` seen from `camera`, in the settings' render mode;
+    fraction < 1 draws only that share of the Gaussians (the first ones: a moving frame's level of detail)."""
     if settings.mode not in RENDER_MODES:
         raise ValueError(f"unknown render mode {settings.mode!r}; choose one of {', '.join(RENDER_MODES)}")
     K = intrinsics(camera.fov_y, width, height)
@@ -111,7 +113,8 @@ def render_frame(model: LoadedModel, camera: CameraState, settings: DisplaySetti
     bg = model.background if settings.background is None else settings.background
     out = render_view(model, w2c, K, width, height, sh_degree=settings.sh_degree, background=bg,
                       appearance_group=settings.appearance_group, scaling_modifier=settings.scaling_modifier,
-                      near=settings.near, far=settings.far, backend=settings.backend)
+                      near=settings.near, far=settings.far, backend=settings.backend,
+                      max_gaussians=None if fraction >= 1.0 else max(1, int(model.num_gaussians * fraction)))
     bg_t = torch.as_tensor(bg, dtype=out.colors.dtype, device=out.colors.device)
     if settings.mode == "rgb":
         img = out.colors[0]
@@ -134,38 +137,55 @@ def encode_image(img: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes
     return buf.getvalue()
 
 
-class MovingResolution:
-    """Chooses the size of frames rendered while the camera moves, from measured frame times.
+class MovingQuality:
+    """Chooses how much work a frame rendered while the camera moves gets, from measured frame times.
 
-    The moving frame is the still frame scaled by `scale` on each side. After each moving frame the
-    scale is nudged by sqrt(target / measured) (pixels ~ time), damped by half in log space so one slow
-    frame does not collapse the resolution; a still frame's time seeds the scale before any moving frame
-    has been measured. The long side stays between `min_long_side` and the still frame's.
+    One number, the effort e in (0, 1] (1 = the still frame), is nudged after each moving frame by
+    sqrt(target / measured) (half a step in log space, so one slow frame does not collapse it). Effort
+    is spent on pixels first: the frame is the still frame scaled by sqrt(e) per side, down to
+    `lod_long_side`; below that the long side stays there and only the first `fraction` of the Gaussians
+    (most visible first, see loading.sort_by_visibility) are drawn, down to `min_fraction`; below that
+    the long side shrinks again to `min_long_side`. A still frame's time seeds e before any moving frame
+    has been measured. Whatever the cost model of a renderer, the feedback settles near the target.
     """
 
-    def __init__(self, target_seconds: float = 1.0 / 12.0, min_long_side: int = 96, initial_scale: float = 0.5):
+    def __init__(self, target_seconds: float = 1.0 / 12.0, min_long_side: int = 96, lod_long_side: int = 320,
+                 min_fraction: float = 0.1, initial_effort: float = 0.25):
         self.target = float(target_seconds)
         self.min_long_side = int(min_long_side)
-        self.scale = float(initial_scale)
+        self.lod_long_side = int(lod_long_side)
+        self.min_fraction = float(min_fraction)
+        self.effort = float(initial_effort)
         self.measured_moving = False
 
-    def size(self, width: int, height: int) -> tuple[int, int]:
+    def plan(self, width: int, height: int) -> tuple[int, int, float]:
+        """(w, h, fraction of the Gaussians) of a moving frame whose still frame is width x height."""
         long_side = max(width, height)
-        target_long = min(long_side, max(self.min_long_side, round(long_side * self.scale)))
-        return frame_size(width, height, target_long)
+        s_lod = min(1.0, self.lod_long_side / long_side)
+        s_min = min(1.0, self.min_long_side / long_side)
+        e = self.effort
+        if e >= s_lod * s_lod:
+            scale, fraction = math.sqrt(e), 1.0
+        elif e >= s_lod * s_lod * self.min_fraction:
+            scale, fraction = s_lod, e / (s_lod * s_lod)
+        else:
+            scale, fraction = max(s_min, math.sqrt(e / self.min_fraction)), self.min_fraction
+        w, h = frame_size(width, height, max(1, round(long_side * min(1.0, scale))))
+        return w, h, min(1.0, fraction)
 
-    def observe(self, seconds: float, moving: bool, pixels: int, still_pixels: int) -> None:
-        if seconds <= 0 or pixels <= 0:
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        return self.plan(width, height)[:2]
+
+    def observe(self, seconds: float, moving: bool, pixels: int = 0, still_pixels: int = 0) -> None:
+        if seconds <= 0:
             return
         if moving:
-            ideal = self.scale * math.sqrt(self.target / seconds)
-            self.scale = math.sqrt(self.scale * ideal)  # half a step in log space
+            self.effort *= math.sqrt(self.target / seconds)
             self.measured_moving = True
         elif not self.measured_moving:
-            # Seed: the still frame's cost per pixel, scaled to the target time.
-            self.scale = math.sqrt(self.target / seconds * pixels / max(1, still_pixels))
-        self.scale = min(1.0, max(0.05, self.scale))
+            self.effort = self.target / seconds
+        self.effort = min(1.0, max(1e-4, self.effort))
 
 
 __all__ = ["CameraState", "DisplaySettings", "RENDER_MODES", "render_frame", "colorize_depth", "frame_size",
-           "encode_image", "to_uint8", "MovingResolution"]
+           "encode_image", "to_uint8", "MovingQuality"]

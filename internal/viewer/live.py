@@ -207,7 +207,11 @@ class LiveViewer(lightning.Callback):
 
         self.source = TrainingSource(trainer, pl_module, self.gate)
         self.source.refresh_seconds = self.refresh_seconds
-        self.app = ViewerApp(self.source, ViewerOptions(host=self.host, port=self.port, port_option=self.port_option))
+        # On a CPU, renders run beside training's own threads: one thread each keeps them from fighting
+        # over the cores (OpenMP barriers stall badly when oversubscribed). A GPU run renders on the GPU.
+        threads = 1 if pl_module.gaussians.means.device.type == "cpu" else None
+        self.app = ViewerApp(self.source, ViewerOptions(host=self.host, port=self.port, port_option=self.port_option,
+                                                        render_threads=threads))
         self.app.start()
         print(f"[viewer] watching training at {self.app.url()}", flush=True)
 

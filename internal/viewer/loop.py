@@ -4,7 +4,8 @@
     loop.start(); loop.update_camera(state); ...; loop.stop()
 
 - A camera update replaces any pose not yet rendered (stale poses are never rendered) and asks for a
-  *moving* frame: smaller, sized by MovingResolution so the frame rate holds, lower JPEG quality.
+  *moving* frame: smaller (and, when even a small frame is too slow, drawing only the most visible
+  Gaussians), planned by MovingQuality so the frame rate holds, lower JPEG quality.
 - After `still_delay` seconds without an update the same pose is rendered once more as a *still* frame
   at full resolution.
 - `invalidate()` (a display setting changed) and a new model version (live training) re-render.
@@ -24,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from .frames import CameraState, MovingResolution, frame_size
+from .frames import CameraState, MovingQuality, frame_size
 
 # One render at a time across clients: the rasterizer parallelises each frame over every core, and
 # several concurrent renders would only oversubscribe them.
@@ -45,12 +46,13 @@ class FrameStats:
     frames: int = 0
     fps: float = 0.0  # moving frames per second, measured over the last moving frames
     moving_at: float = 0.0  # time.monotonic() of the last moving frame
+    fraction: float = 1.0  # share of the Gaussians drawn
 
 
 class RenderLoop:
     def __init__(
         self,
-        render: Callable[[CameraState, int, int], np.ndarray],
+        render: Callable[[CameraState, int, int, float], np.ndarray],
         send: Callable[[np.ndarray, bool, CameraState], None],
         full_size: Callable[[CameraState], tuple[int, int]],
         *,
@@ -59,7 +61,8 @@ class RenderLoop:
         refresh_seconds: Callable[[], float] | None = None,
         on_frame: Callable[[FrameStats], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
-        resolution: MovingResolution | None = None,
+        quality: MovingQuality | None = None,
+        threads: int | None = None,
         name: str = "render-loop",
     ):
         self._render = render
@@ -70,7 +73,8 @@ class RenderLoop:
         self._refresh_seconds = refresh_seconds or (lambda: 1.0)
         self._on_frame = on_frame
         self._on_error = on_error
-        self.resolution = resolution or MovingResolution()
+        self.quality = quality or MovingQuality()
+        self.threads = threads  # torch/OpenMP threads of this render thread (thread-local); None: torch's default
         self.stats = FrameStats()
         self._cond = threading.Condition()
         self._camera: CameraState | None = None
@@ -154,6 +158,10 @@ class RenderLoop:
                     self._cond.wait(timeout=0.25)
 
     def _run(self) -> None:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(int(self.threads))  # per thread: training's own threads keep their count
         while True:
             job = self._next_job()
             if job is None:
@@ -176,16 +184,17 @@ class RenderLoop:
 
     def _frame(self, camera: CameraState, moving: bool) -> None:
         full_w, full_h = self._full_size(camera)
-        w, h = self.resolution.size(full_w, full_h) if moving else (full_w, full_h)
+        w, h, fraction = self.quality.plan(full_w, full_h) if moving else (full_w, full_h, 1.0)
         t0 = time.perf_counter()
         with RENDER_LOCK:
-            img = self._render(camera, w, h)
+            img = self._render(camera, w, h, fraction)
         t1 = time.perf_counter()
         self._send(img, moving, camera)
         t2 = time.perf_counter()
-        self.resolution.observe(t2 - t0, moving, w * h, full_w * full_h)
+        self.quality.observe(t2 - t0, moving, w * h, full_w * full_h)
         s = self.stats
         s.width, s.height, s.render_ms, s.send_ms, s.moving = w, h, 1e3 * (t1 - t0), 1e3 * (t2 - t1), moving
+        s.fraction = fraction
         s.frames += 1
         if moving:
             s.moving_at = time.monotonic()

@@ -13,7 +13,7 @@ from ..atomic import atomic_write
 from ..camera_path import rotmat_to_quat
 from ..rasterize import resolve_backend
 from .browser import browser_splats
-from .frames import RENDER_MODES, CameraState, DisplaySettings, MovingResolution, encode_image, render_frame
+from .frames import RENDER_MODES, CameraState, DisplaySettings, MovingQuality, encode_image, render_frame
 from .loop import RENDER_LOCK, ClientGone, RenderLoop, full_frame_size
 
 _NO_GROUP = "(none)"
@@ -48,7 +48,9 @@ class ClientSession:
             model_version=app.source.version,
             refresh_seconds=lambda: getattr(app.source, "refresh_seconds", 1.0),
             on_error=self._on_error,
-            resolution=MovingResolution(target_seconds=1.0 / opts.target_fps),
+            quality=MovingQuality(target_seconds=1.0 / opts.target_fps,
+                                  min_fraction=0.1 if app.source.ordered_by_visibility else 1.0),
+            threads=opts.render_threads,
             name=f"render-client-{client.client_id}",
         )
         self._build_gui(model)
@@ -145,10 +147,10 @@ class ClientSession:
         width, height = int(camera.image_width or 640), int(camera.image_height or 480)
         self.loop.update_camera(CameraState.from_wxyz(camera.wxyz, camera.position, camera.fov, width, height))
 
-    def _render(self, camera: CameraState, width: int, height: int) -> np.ndarray:
+    def _render(self, camera: CameraState, width: int, height: int, fraction: float) -> np.ndarray:
         model = self.app.source.snapshot()
         self._last_model = model
-        return render_frame(model, camera, self.settings, width, height)
+        return render_frame(model, camera, self.settings, width, height, fraction)
 
     def _send(self, img: np.ndarray, moving: bool, camera: CameraState) -> None:
         if self.closed:
@@ -235,7 +237,8 @@ class ClientSession:
                          "(DC colour)")
         elif s.frames:
             kind = "moving" if s.moving else "still"
-            lines.append(f"Render {s.render_ms:.0f} ms + send {s.send_ms:.0f} ms · {s.width}×{s.height} {kind}")
+            lod = f" · {s.fraction:.0%} of the Gaussians" if s.fraction < 1.0 else ""
+            lines.append(f"Render {s.render_ms:.0f} ms + send {s.send_ms:.0f} ms · {s.width}×{s.height} {kind}{lod}")
             if s.fps and time.monotonic() - s.moving_at < 3.0:
                 lines.append(f"Moving: {s.fps:.1f} fps")
         else:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..loading import LoadedModel
+from ..loading import LoadedModel, sort_by_visibility
 
 
 class ModelSource:
     """What the app asks of a model: a consistent snapshot to render, and a version that changes with it."""
 
     live = False
+    # Gaussians ordered most visible first (loading.sort_by_visibility): moving frames may then draw a prefix.
+    ordered_by_visibility = False
 
     def snapshot(self) -> LoadedModel:
         raise NotImplementedError
@@ -27,10 +29,12 @@ class ModelSource:
 
 
 class StaticSource(ModelSource):
-    """A model loaded once (checkpoint, output folder or .ply)."""
+    """A model loaded once (checkpoint, output folder or .ply), its Gaussians reordered most visible first."""
+
+    ordered_by_visibility = True
 
     def __init__(self, model: LoadedModel, save_dir: Path | None = None):
-        self.model = model
+        self.model = sort_by_visibility(model)
         self._save_dir = save_dir
 
     def snapshot(self) -> LoadedModel:
