@@ -16,10 +16,10 @@ from internal.loading import (
 from internal.renderers import VanillaRenderer
 from viewer_helpers import tiny_run_fixture
 
-STEPS = 40
+STEPS = 60  # viewer_helpers.tiny_run_fixture's default: one training serves every viewer test module
 
 
-run = tiny_run_fixture("loading", steps=STEPS)
+run = tiny_run_fixture(steps=STEPS)
 
 
 def test_output_folder_loads_its_checkpoint(run):

@@ -27,7 +27,7 @@ from viewer_helpers import tiny_run_fixture
 REPO = Path(__file__).resolve().parents[1]
 
 
-run = tiny_run_fixture("viewer", steps=30, size=48)
+run = tiny_run_fixture()
 
 
 def look(model):

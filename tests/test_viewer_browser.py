@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-run = tiny_run_fixture("browser", steps=100, size=64)
+run = tiny_run_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +76,14 @@ def wait_for(cond, timeout=60.0, what="condition", page=None):
             time.sleep(0.05)
 
 
-def open_page(browser, app):
+def open_page(browser, app, dpr: float = 1.0):
     page = browser.new_page(viewport={"width": VIEW[0], "height": VIEW[1]})
     connected = threading.Event()
     page.on("console", lambda m: "Connected" in m.text and connected.set())
     before = set(app.sessions)
     # fixedDpr=1: viser's page lowers its canvas resolution when it draws slowly (SwiftShader does), which
     # would change the frame size the server renders mid-test.
-    page.goto(app.url() + "/?fixedDpr=1")
+    page.goto(app.url() + f"/?fixedDpr={dpr:g}")
     wait_for(connected.is_set, what="viser's 'Connected'", page=page)
     session = wait_for(lambda: next((s for cid, s in list(app.sessions.items()) if cid not in before), None),
                        what="the client session")
@@ -189,11 +189,14 @@ def test_moving_the_camera_and_the_render_mode_give_new_images(browser, app, sho
 
 
 def test_browser_mode_draws_splats_in_the_page(browser, app, shots):
-    page, session = open_page(browser, app)
+    # Half the canvas resolution: SwiftShader fills every splat's pixels in software.
+    page, session = open_page(browser, app, dpr=0.5)
     still_frame(session)
     page.get_by_text("Browser mode", exact=True).click()
-    page.get_by_label("Render in the browser").check()
-    wait_for(lambda: session._splats_handle is not None, what="splats sent to the page")
+    # click(), not check(): the page's checkbox follows the server's state, and SwiftShader drawing the
+    # splats can keep the page too busy for Playwright's own check of the new state.
+    page.get_by_label("Render in the browser").click()
+    wait_for(lambda: session._splats_handle is not None, what="splats sent to the page", page=page)
     assert "DC colour" in page.inner_text("body")
     n = session.frames_sent
     page.wait_for_timeout(1500)
@@ -203,7 +206,8 @@ def test_browser_mode_draws_splats_in_the_page(browser, app, shots):
     # The page's own background is uniform; the splats make the region differ from it.
     corner = screen[VIEW[1] - 5:, :5].reshape(-1, 3).mean(0)
     assert (np.abs(region - corner).sum(-1) > 30).mean() > 0.05 and region.std() > 10
-    page.get_by_label("Render in the browser").uncheck()
+    page.get_by_label("Render in the browser").click(timeout=60_000)
+    wait_for(lambda: session._splats_handle is None, what="browser mode off", page=page)
     still_frame(session, after=n)  # server rendering is back
     page.close()
 
@@ -291,9 +295,12 @@ def test_live_view_of_training_with_pause(browser, tmp_path, shots):
     from internal.demo_scene import generate_demo_scene
     from internal.viewer.live import LiveViewer
 
-    class Slow(lightning.Callback):  # a few steps per second, so the page sees training under way
+    paused_once = threading.Event()
+
+    class Slow(lightning.Callback):  # slow until the test has paused and resumed, so the page sees training under way
         def on_train_batch_end(self, *args):
-            time.sleep(0.04)
+            if not paused_once.is_set():
+                time.sleep(0.05)
 
     generate_demo_scene(tmp_path / "data", width=48, height=48, n_views=8, ss=1, n_points=300, formats=("blender",))
     port = free_port()
@@ -303,8 +310,8 @@ def test_live_view_of_training_with_pause(browser, tmp_path, shots):
     os.chdir(REPO)
     try:
         cli = GSCLI(args=["--config", "configs/blender.yaml", "--data.path", str(tmp_path / "data" / "blender"), "-n", "live",
-                          "--output", str(tmp_path / "out"), "--trainer.max_steps", "250", "--trainer.val_check_interval", "250",
-                          "--save_steps", "[250]", "--data.params.blender.random_points", "2000",
+                          "--output", str(tmp_path / "out"), "--trainer.max_steps", "300", "--trainer.val_check_interval", "300",
+                          "--save_steps", "[300]", "--data.params.blender.random_points", "2000",
                           "--trainer.enable_progress_bar", "false", "--viewer", "--viewer_port", str(port)], run=False)
     finally:
         os.chdir(cwd)
@@ -339,10 +346,12 @@ def test_live_view_of_training_with_pause(browser, tmp_path, shots):
         assert cli.trainer.global_step == held and t.is_alive()
         assert "paused" in page.inner_text("body")
         page.get_by_role("button", name="Resume training").click()
+        paused_once.set()
         t.join(timeout=240)
         assert not t.is_alive() and not errors, errors
-        assert cli.trainer.global_step == 250
+        assert cli.trainer.global_step == 300
         page.close()
     finally:
+        paused_once.set()
         live.gate.close()
         t.join(timeout=60)

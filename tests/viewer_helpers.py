@@ -37,16 +37,23 @@ def train_tiny(root: Path, steps: int = 40, size: int = 64, name: str = "tiny", 
     return root / "outputs" / name
 
 
-def tiny_run_fixture(name: str, **train_kwargs):
-    """A module-scoped fixture: train_tiny into a tmp folder once per test module."""
+_TRAINED: dict = {}  # one training per pytest session and settings, shared by the test modules
+
+
+def tiny_run_fixture(steps: int = 60, size: int = 64):
+    """A fixture giving a tiny trained output folder; trained once per pytest session (tests must not
+    change it: copy files before damaging them)."""
 
     @pytest.fixture(scope="module")
     def run(tmp_path_factory):
-        mp = pytest.MonkeyPatch()
-        mp.setattr("sys.argv", ["main.py"])  # LightningCLI warns when both sys.argv and args are given
-        try:
-            yield train_tiny(tmp_path_factory.mktemp(name), **train_kwargs)
-        finally:
-            mp.undo()
+        key = (steps, size)
+        if key not in _TRAINED or not _TRAINED[key].is_dir():
+            mp = pytest.MonkeyPatch()
+            mp.setattr("sys.argv", ["main.py"])  # LightningCLI warns when both sys.argv and args are given
+            try:
+                _TRAINED[key] = train_tiny(tmp_path_factory.mktemp("tiny"), steps=steps, size=size)
+            finally:
+                mp.undo()
+        return _TRAINED[key]
 
     return run
