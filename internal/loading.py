@@ -188,8 +188,7 @@ def _load_checkpoint(source: Path, device) -> LoadedModel:
     splats = Splats(means=g["means"], quats=g["quats"], scales=g["scales"], opacities=g["opacities"].reshape(-1),
                     sh0=g["sh0"], shN=shN)
     for name in _GAUSSIAN_KEYS:
-        t = getattr(splats, "shN" if name == "shN" else name)
-        if not torch.isfinite(t).all():
+        if not torch.isfinite(getattr(splats, name)).all():
             raise ModelLoadError(f"{source}: NaN/inf values in the Gaussians' {name}; the run diverged: load an earlier checkpoint")
     bg = state.get("scene_background")
     background = tuple(float(v) for v in bg.reshape(-1)[:3]) if isinstance(bg, Tensor) and bg.numel() >= 3 else (0.0, 0.0, 0.0)

@@ -185,6 +185,19 @@ def test_moving_the_camera_and_the_render_mode_give_new_images(browser, app, sho
     assert np.array_equal(depth_img, expect)
     depth_screen, _, _ = page_shows(page, session, shots / "depth.png")
     assert np.abs(depth_screen[FREE] - moved[FREE]).mean() > 5.0
+    # Training cameras: the checkbox shows their frustums; a click on one calls go_to with its pose.
+    from internal.loading import camera_entry_c2w
+
+    cams = app.source.snapshot().cameras
+    assert len(app.frustums) == len(cams) and not any(f.visible for f in app.frustums)
+    page.get_by_label("Training cameras").click()
+    wait_for(lambda: all(f.visible for f in app.frustums), what="frustums shown", page=page)
+    target = camera_entry_c2w(cams[3])
+    fov = 2 * np.arctan(0.5 * cams[3]["height"] / cams[3]["fy"])
+    session.go_to(target, fov)
+    cam = settled(session, page)
+    np.testing.assert_allclose(cam.c2w, target, atol=1e-4)  # the page's camera took the pose and sent it back
+    assert cam.fov_y == pytest.approx(fov, rel=1e-4)
     page.close()
 
 

@@ -130,7 +130,7 @@ def main(argv=None) -> None:
         options = options_from_args(args, model)
         app = ViewerApp(StaticSource(model, options.save_dir), options)
         app.start()
-    except (ModelLoadError, UsageError, PortInUseError) as exc:
+    except (ModelLoadError, UsageError, PortInUseError, OSError) as exc:  # OSError: unreadable file, bad --host
         if os.environ.get("GS_TRACEBACK") == "1":
             raise
         print(f"error: {exc}", file=sys.stderr)

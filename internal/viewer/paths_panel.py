@@ -38,6 +38,7 @@ class CameraPathPanel:
         gui = session.client.gui
         self.path = CameraPath(keyframes=[], fps=30.0, seconds=4.0, width=1280, height=720)
         self._handles = []
+        self._draw_lock = threading.Lock()  # several widgets' callbacks may redraw at once
         self._preview_stop = threading.Event()
         self._render_cancel = threading.Event()
         self._busy = False
@@ -99,6 +100,10 @@ class CameraPathPanel:
 
     def _draw(self) -> None:
         """Keyframe frustums and the interpolated path in this tab's scene."""
+        with self._draw_lock:
+            self._draw_locked()
+
+    def _draw_locked(self) -> None:
         scene = self.session.client.scene
         for h in self._handles:
             h.remove()
@@ -235,9 +240,6 @@ class CameraPathPanel:
                 self.render.disabled = False
                 self.cancel.visible = False
                 self.progress.visible = False
-
-    def refresh(self) -> None:
-        pass
 
     def close(self) -> None:
         self._preview_stop.set()

@@ -257,7 +257,6 @@ class ClientSession:
         if text != self._status_text:
             self._status_text = text
             self.status_md.content = text
-        self.paths.refresh()
 
     def close(self) -> None:
         self.closed = True
