@@ -178,6 +178,27 @@ def test_loop_renders_newest_pose_then_a_full_still_frame():
         loop.stop()
 
 
+def test_loop_still_delay_counts_from_the_end_of_the_last_frame():
+    """Frames slower than the still delay, and poses that arrive just after each frame ends (as when a
+    busy machine delays them): moving frames only, until the poses stop; still means still_delay without
+    a pose counted from the end of the last frame, not from the last pose."""
+    fake = FakeClient(cost=0.0)
+    slow = fake.render
+    fake.render = lambda cam, w, h, fraction=1.0: (time.sleep(0.3), slow(cam, w, h))[1]
+    loop = RenderLoop(fake.render, fake.send, lambda c: (64, 48), still_delay=0.2).start()
+    try:
+        for x in range(8):
+            loop.update_camera(cam_at(x))
+            time.sleep(0.35)
+        loop.update_camera(cam_at(29))
+        n_moving = len(fake.sent)
+        assert n_moving >= 3 and all(moving for _, _, moving in fake.sent)
+        assert wait_for(lambda: fake.sent and not fake.sent[-1][2])  # the still frame once they stop
+        assert fake.rendered[-1][0] == 29
+    finally:
+        loop.stop()
+
+
 def test_loop_survives_errors_and_ends_when_the_client_is_gone():
     fake = FakeClient(cost=0.0)
     errors = []

@@ -143,16 +143,18 @@ class RenderLoop:
                 now = time.monotonic()
                 camera = self._camera
                 if camera is not None and not self._paused:
-                    idle = now - self._moved_at
                     version = self._model_version()
                     if self._request != rendered_request:
-                        return camera, idle < self.still_delay, self._request, version
-                    if not self._still_done and idle >= self.still_delay:
+                        return camera, now - self._moved_at < self.still_delay, self._request, version
+                    # Still means no update for still_delay since the last frame ended, too: a frame slower
+                    # than still_delay must not be followed at once by a full-size one while the camera moves.
+                    quiet = now - max(self._moved_at, self._last_frame_at)
+                    if not self._still_done and quiet >= self.still_delay:
                         return camera, False, self._request, version
                     if version != self._rendered_version and now - self._last_frame_at >= self._refresh_seconds():
                         return camera, False, self._request, version
                     # Sleep until the still frame is due, or poll the model version now and then.
-                    wait = self.still_delay - idle if not self._still_done else 0.1
+                    wait = self.still_delay - quiet if not self._still_done else 0.1
                     self._cond.wait(timeout=max(0.005, min(wait, 0.25)))
                 else:
                     self._cond.wait(timeout=0.25)
