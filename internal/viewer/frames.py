@@ -97,8 +97,10 @@ def colorize_depth(depth: torch.Tensor, alpha: torch.Tensor, max_depth: float, b
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """(H,W,3) float in [0,1] -> contiguous uint8 numpy array."""
-    return img.clamp(0, 1).mul(255).add(0.5).to(torch.uint8).cpu().numpy()
+    """(H,W,3) float in [0,1] -> contiguous uint8 numpy array (one new float buffer, then in place: fresh
+    full-frame buffers cost page faults on every frame)."""
+    x = img.mul(255.0)
+    return x.add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).cpu().numpy()
 
 
 @torch.no_grad()
