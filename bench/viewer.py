@@ -36,7 +36,7 @@ from internal.camera_path import quat_to_rotmat  # noqa: E402
 from internal.loading import LoadedModel, default_view, estimate_up, load_model, look_at, robust_bounds, sort_by_visibility  # noqa: E402
 from internal.splats import Splats  # noqa: E402
 from internal.viewer.frames import CameraState, DisplaySettings, MovingQuality, render_frame  # noqa: E402
-from internal.viewer.loop import RenderLoop  # noqa: E402
+from internal.viewer.loop import RenderLoop, render_threads  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,10 +78,12 @@ def orbit(model: LoadedModel, width: int, height: int):
     return pose
 
 
-def still_latency(model, pose, server, width, height, frames: int):
+def still_latency(model, pose, server, width, height, frames: int, threads=None):
     settings = DisplaySettings()
+    default = torch.get_num_threads()
     out = []
     for i in range(frames + 1):
+        torch.set_num_threads(render_threads(threads, default))  # as the viewer's render loop chooses
         cam = pose(0.05 * i)
         t0 = time.perf_counter()
         img = render_frame(model, cam, settings, width, height)
@@ -91,7 +93,7 @@ def still_latency(model, pose, server, width, height, frames: int):
     return out
 
 
-def moving(model, pose, server, width, height, seconds: float, threads: int | None = None):
+def moving(model, pose, server, width, height, seconds: float, threads=None):
     """Orbit for `seconds` at 60 pose updates/s through a RenderLoop; latency and size of each moving frame."""
     settings = DisplaySettings()
     sent_at = {}
@@ -146,13 +148,14 @@ def bench_models(args, server) -> None:
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [base.num_gaussians]
     W, H = args.width, args.height
     print(f"model {base.source} ({base.num_gaussians:,} Gaussians, SH degree {base.splats.sh_degree}), "
-          f"{W}x{H}, torch threads {torch.get_num_threads()}")
+          f"{W}x{H}, render threads: {args.threads or 'all cores'} (auto now: "
+          f"{render_threads('auto', torch.get_num_threads())})")
     print(f"{'Gaussians':>10} | {'still (render+JPEG)':>19} | {'moving latency':>14} | {'moving fps':>10} | "
           f"{'moving size':>11} | {'drawn':>5} | still/moving")
     for n in sizes:
         model = sort_by_visibility(base if n == base.num_gaussians else resized(base, n))  # as StaticSource does
         pose = orbit(model, W, H)
-        still = still_latency(model, pose, server, W, H, args.still_frames)
+        still = still_latency(model, pose, server, W, H, args.still_frames, args.threads)
         done, elapsed, drawn = moving(model, pose, server, W, H, args.seconds, args.threads)
         lat = [d[0] for d in done]
         fps = len(done) / elapsed if elapsed else 0.0
@@ -234,15 +237,16 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--seconds", type=float, default=6.0, help="orbit duration per model")
     ap.add_argument("--still-frames", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", default=None,
+                    help="render threads: a number, auto (as viewer.py: one while the load is high) or all cores")
     ap.add_argument("--live", action="store_true", help="also measure training with/without --viewer")
     ap.add_argument("--live-only", action="store_true")
     ap.add_argument("--live-steps", type=int, default=150)
     ap.add_argument("--live-pairs", type=int, default=2)
     ap.add_argument("--live-size", type=int, default=96)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads not in (None, "auto"):
+        args.threads = int(args.threads)
     print(f"{time.strftime('%Y-%m-%d %H:%M')} · load {os.getloadavg()[0]:.1f} (1 min) · {os.cpu_count()} CPUs")
     if not args.live_only:
         import viser

@@ -49,7 +49,7 @@ class ViewerOptions:
     still_delay: float = 0.2
     target_fps: float = 12.0
     save_dir: Path | None = None
-    render_threads: int | None = None  # threads of each tab's renders (None: torch's default, every core)
+    render_threads: int | str | None = "auto"  # threads per render: a number, None (every core) or "auto" (loop.py)
     port_option: str = "--port"  # how the error message names the option (--viewer_port under main.py)
     extra: dict = field(default_factory=dict)
 

@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_resolution", type=int, default=1920, help="long side of still frames (default 1920)")
     p.add_argument("--browser_budget", type=int, default=300_000,
                    help="Gaussians sent to the page in browser mode (the most visible first)")
-    p.add_argument("--render_threads", type=int, default=None,
-                   help="CPU threads per render (default: every core; 1 suits a machine busy with other work)")
+    p.add_argument("--render_threads", default="auto",
+                   help="CPU threads per render: a number, or auto (every core, one while the machine is busy "
+                        "with other work: load above 1.5x the cores)")
     p.add_argument("--save_dir", default=None,
                    help="where screenshots, camera paths and videos go (default: <output folder>/viewer)")
     return p
@@ -89,8 +90,8 @@ def options_from_args(args, model):
         raise UsageError(f"--sh_degree {args.sh_degree}: {model.source} carries SH degree 0..{model.splats.sh_degree}")
     if args.max_resolution < 16:
         raise UsageError(f"--max_resolution {args.max_resolution}: give at least 16 pixels")
-    if args.render_threads is not None and args.render_threads < 1:
-        raise UsageError(f"--render_threads {args.render_threads}: give at least 1")
+    if args.render_threads != "auto" and not (str(args.render_threads).isdigit() and int(args.render_threads) >= 1):
+        raise UsageError(f"--render_threads {args.render_threads}: give auto or a number >= 1")
     if args.browser_budget < 1:
         raise UsageError(f"--browser_budget {args.browser_budget}: give a positive number of Gaussians")
     return ViewerOptions(
@@ -99,7 +100,7 @@ def options_from_args(args, model):
         sh_degree=args.sh_degree, image_format=args.image_format, show_cameras=args.show_cameras,
         up=parse_up(args.up), backend=args.backend, max_resolution=args.max_resolution,
         browser_budget=args.browser_budget, save_dir=Path(args.save_dir) if args.save_dir else None,
-        render_threads=args.render_threads,
+        render_threads=args.render_threads if args.render_threads == "auto" else int(args.render_threads),
     )
 
 
