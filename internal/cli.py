@@ -133,6 +133,7 @@ class GSCLI(LightningCLI):
         if self.subcommand == "fit":
             check(all(s > 0 for s in cfg.save_steps), "--save_steps", f"must be positive steps, got {cfg.save_steps}")
             check(cfg.checkpoint_every > 0, "--checkpoint_every", f"must be > 0 steps, got {cfg.checkpoint_every}")
+            check(1 <= cfg.viewer_port <= 65535, "--viewer_port", f"must be a port number 1..65535, got {cfg.viewer_port}")
 
     def instantiate_trainer(self, **kwargs):
         cfg = self.config[self.subcommand] if self.subcommand else self.config

@@ -20,10 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checkpoints import CheckpointError, read_checkpoint
 from .rasterize import RenderOutput, rasterize
 from .splats import PlyFormatError, Splats, load_from_ply
 
 _ACCEPTED = "a checkpoint of ours (*.ckpt), an output folder (outputs/<name>) or a Gaussian .ply"
+_CHECKPOINT_FIX = ("pass another checkpoint training wrote (outputs/<name>/checkpoints/*.ckpt), the output folder, or its "
+                   "exported point_cloud/iteration_*/point_cloud.ply")
 _GAUSSIAN_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
 
 
@@ -166,20 +169,12 @@ def read_cameras_json(path: Path) -> list[dict] | None:
 
 def _load_checkpoint(source: Path, device) -> LoadedModel:
     try:
-        ckpt = _torch_load(source)
-    except Exception as exc:  # torch raises many types for damaged files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(
-            f"{source}: not a readable checkpoint ({reason[:160]}); it may be truncated or corrupt: "
-            "pick another one in checkpoints/ or the exported point_cloud/iteration_*/point_cloud.ply"
-        ) from exc
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or any(f"gaussians.{k}" not in state for k in _GAUSSIAN_KEYS):
-        raise ModelLoadError(
-            f"{source}: a torch file, but not a checkpoint of this project's model (no gaussians.* weights); "
-            f"pass {_ACCEPTED}"
-        )
-    g = {k: state[f"gaussians.{k}"].detach().to(torch.float32) for k in _GAUSSIAN_KEYS}
+        ckpt = read_checkpoint(source, fix=_CHECKPOINT_FIX, weights_only=True)  # readable, ours, finite Gaussians
+    except CheckpointError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    state = ckpt["state_dict"]
+    # Copies: the checkpoint is memory-mapped, and the model must not depend on the file staying as it is.
+    g = {k: state[f"gaussians.{k}"].detach().to(torch.float32).clone() for k in _GAUSSIAN_KEYS}
     active = state.get("gaussians.active_sh_degree")
     max_degree = int(round((g["shN"].shape[1] + 1) ** 0.5)) - 1
     degree = max_degree if active is None else min(int(active), max_degree)
@@ -187,9 +182,6 @@ def _load_checkpoint(source: Path, device) -> LoadedModel:
     shN = g["shN"][:, : (degree + 1) ** 2 - 1]
     splats = Splats(means=g["means"], quats=g["quats"], scales=g["scales"], opacities=g["opacities"].reshape(-1),
                     sh0=g["sh0"], shN=shN)
-    for name in _GAUSSIAN_KEYS:
-        if not torch.isfinite(getattr(splats, name)).all():
-            raise ModelLoadError(f"{source}: NaN/inf values in the Gaussians' {name}; the run diverged: load an earlier checkpoint")
     bg = state.get("scene_background")
     background = tuple(float(v) for v in bg.reshape(-1)[:3]) if isinstance(bg, Tensor) and bg.numel() >= 3 else (0.0, 0.0, 0.0)
     renderer = _rebuild_renderer(source, ckpt, state)

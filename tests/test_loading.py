@@ -166,21 +166,47 @@ def test_resolve_errors(tmp_path, make, message):
     assert str(target) in str(err.value) and message in str(err.value) and "\n" not in str(err.value)
 
 
+def _ran():
+    _CallsCode.ran = True
+
+
+class _CallsCode:
+    ran = False
+
+    def __reduce__(self):
+        return (_ran, ())
+
+
 def test_bad_checkpoints_give_one_line_errors(run, tmp_path):
     good = (run / "checkpoints" / "last.ckpt").read_bytes()
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(good[: len(good) // 2])
-    with pytest.raises(ModelLoadError, match="not a readable checkpoint.*truncated or corrupt") as err:
+    with pytest.raises(ModelLoadError, match="not a PyTorch checkpoint.*pass another checkpoint training wrote") as err:
         load_model(cut)
     assert str(cut) in str(err.value) and "\n" not in str(err.value)
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"layer.weight": torch.zeros(2)}}, other)
-    with pytest.raises(ModelLoadError, match="not a checkpoint of this project's model"):
+    with pytest.raises(ModelLoadError, match="not one of this trainer"):
         load_model(other)
     text = tmp_path / "text.ckpt"
     text.write_text("not a checkpoint")
-    with pytest.raises(ModelLoadError, match="not a readable checkpoint"):
+    with pytest.raises(ModelLoadError, match="not a PyTorch checkpoint"):
         load_model(text)
+    nan = tmp_path / "nan.ckpt"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt["state_dict"]["gaussians.means"][3, 1] = float("nan")
+    torch.save(ckpt, nan)
+    with pytest.raises(ModelLoadError, match="non-finite values .* in gaussians.means"):
+        load_model(nan)
+    # Tools open files from anywhere: a pickle that would call code is refused, and the code never runs.
+    ckpt["state_dict"]["gaussians.means"][3, 1] = 0.0
+    ckpt["extra"] = _CallsCode()
+    evil = tmp_path / "evil.ckpt"
+    torch.save(ckpt, evil)
+    _CallsCode.ran = False
+    with pytest.raises(ModelLoadError, match=r"evil.ckpt: refers to Python code \(.*_ran\).*not loaded"):
+        load_model(evil)
+    assert not _CallsCode.ran
     bad_ply = tmp_path / "points.ply"
     bad_ply.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 1\nproperty float x\nend_header\n" + bytes(4))
     with pytest.raises(ModelLoadError, match="missing field"):

@@ -358,7 +358,7 @@ def test_viewer_cli_bad_inputs_are_one_line(tmp_path, run):
     corrupt = tmp_path / "x.ckpt"
     corrupt.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes()[:5000])
     r = run_viewer(corrupt)
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "truncated or corrupt" in r.stderr and str(corrupt) in r.stderr
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not a PyTorch checkpoint" in r.stderr and str(corrupt) in r.stderr
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
         s.listen()
@@ -431,3 +431,10 @@ def test_fit_with_viewer_on_a_busy_port_is_one_line(tmp_path):
                             "--viewer_port", str(port)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"error: port {port} on 0.0.0.0 is already in use" in r.stderr and "--viewer_port" in r.stderr
+
+
+def test_fit_viewer_port_out_of_range_is_a_config_error(tmp_path):
+    r = subprocess.run([sys.executable, "main.py", "fit", "--data.path", str(tmp_path), "-n", "x", "--output", str(tmp_path),
+                        "--viewer", "--viewer_port", "70000"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "--viewer_port must be a port number 1..65535, got 70000" in r.stderr
