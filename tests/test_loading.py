@@ -14,7 +14,7 @@ from internal.loading import (
     LoadedModel, ModelLoadError, default_view, intrinsics, load_model, render_view, resolve_model_path,
 )
 from internal.renderers import VanillaRenderer
-from viewer_helpers import tiny_run_fixture
+from viewer_helpers import tiny_run_fixture, with_groups
 
 STEPS = 60  # viewer_helpers.tiny_run_fixture's default: one training serves every viewer test module
 
@@ -107,25 +107,8 @@ def test_render_view_errors(run):
         render_view(model, np.full((4, 4), np.nan), K, 16, 16)
 
 
-class GroupRenderer(torch.nn.Module):
-    """A stand-in for an appearance renderer (CONTRACTS.md 3): group_names and cameras.appearance_id."""
-
-    group_names = ["morning", "evening"]
-
-    def forward(self, gaussians, cameras, background, sh_degree=None):
-        from internal.rasterize import rasterize
-
-        self.seen = int(cameras.appearance_id[0])
-        out = rasterize(gaussians.get_means(), gaussians.get_quats(), gaussians.get_scales(),
-                        gaussians.get_opacities(), gaussians.get_sh(), cameras.viewmats(), cameras.Ks(),
-                        int(cameras.width[0]), int(cameras.height[0]), sh_degree=sh_degree, backgrounds=background)
-        out.colors = out.colors * (0.5 if self.seen == 1 else 1.0)
-        return out
-
-
 def test_appearance_group_goes_through_the_renderer(run):
-    model = load_model(run)
-    model.renderer, model.appearance_groups = GroupRenderer(), list(GroupRenderer.group_names)
+    model = with_groups(load_model(run))
     c2w, fov = default_view(model)
     w2c, K = np.linalg.inv(c2w), intrinsics(fov, 32, 32)
     plain = render_view(model, w2c, K, 32, 32)

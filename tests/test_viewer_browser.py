@@ -19,7 +19,7 @@ from internal.viewer.app import ViewerApp, ViewerOptions, free_port
 from internal.viewer.frames import render_frame
 from internal.viewer.loop import RENDER_LOCK
 from internal.viewer.sources import StaticSource
-from viewer_helpers import REPO, tiny_run_fixture
+from viewer_helpers import REPO, tiny_run_fixture, with_groups
 
 CHROMIUM = os.environ.get("GS_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--headless", "--enable-unsafe-swiftshader", "--disable-background-networking",
@@ -223,6 +223,38 @@ def test_browser_mode_draws_splats_in_the_page(browser, app, shots):
     wait_for(lambda: session._splats_handle is None, what="browser mode off", page=page)
     still_frame(session, after=n)  # server rendering is back
     page.close()
+
+
+def test_appearance_group_dropdown(browser, run, tmp_path, shots):
+    """Hidden without appearance groups; with them (a stand-in renderer), picking one renders through it."""
+    plain = ViewerApp(StaticSource(load_model(run), save_dir=tmp_path / "plain"),
+                      ViewerOptions(host="127.0.0.1", port=free_port())).start()
+    try:
+        page, session = open_page(browser, plain)
+        still_frame(session)
+        assert not session.group.visible and page.get_by_role("combobox", name="Appearance group").count() == 0
+        page.close()
+    finally:
+        plain.stop()
+    grouped = ViewerApp(StaticSource(with_groups(load_model(run)), save_dir=tmp_path / "grouped"),
+                        ViewerOptions(host="127.0.0.1", port=free_port())).start()
+    try:
+        page, session = open_page(browser, grouped)
+        before, _, _ = page_shows(page, session, shots / "no_group.png")
+        n = session.frames_sent
+        page.get_by_role("combobox", name="Appearance group").click()
+        page.get_by_role("option", name="evening").click()
+        wait_for(lambda: session.settings.appearance_group == "evening", what="the group setting", page=page)
+        img, camera = still_frame(session, after=n)
+        assert grouped.source.snapshot().renderer.seen == 1  # the renderer drew it with the group's index
+        expect = render_frame(grouped.source.snapshot(), camera, session.settings, camera.width, camera.height)
+        assert np.array_equal(img, expect)
+        screen, _, _ = page_shows(page, session, shots / "evening.png")
+        assert screen[FREE].mean() < before[FREE].mean() - 5.0  # the stand-in's evening is darker
+        wait_for(lambda: "appearance evening" in page.inner_text("body"), what="the group in the status", page=page)
+        page.close()
+    finally:
+        grouped.stop()
 
 
 def test_screenshot_camera_path_json_and_video(browser, app, shots):

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,3 +58,26 @@ def tiny_run_fixture(steps: int = 60, size: int = 64):
         return _TRAINED[key]
 
     return run
+
+
+class GroupRenderer(torch.nn.Module):
+    """A stand-in for an appearance renderer (CONTRACTS.md 3): group_names and cameras.appearance_id;
+    group 1 ("evening") renders at half brightness."""
+
+    group_names = ["morning", "evening"]
+
+    def forward(self, gaussians, cameras, background, sh_degree=None):
+        from internal.rasterize import rasterize
+
+        self.seen = int(cameras.appearance_id[0])
+        out = rasterize(gaussians.get_means(), gaussians.get_quats(), gaussians.get_scales(),
+                        gaussians.get_opacities(), gaussians.get_sh(), cameras.viewmats(), cameras.Ks(),
+                        int(cameras.width[0]), int(cameras.height[0]), sh_degree=sh_degree, backgrounds=background)
+        out.colors = out.colors * (0.5 if self.seen == 1 else 1.0)
+        return out
+
+
+def with_groups(model):
+    """`model` (a LoadedModel) as if its checkpoint had an appearance model with two groups."""
+    model.renderer, model.appearance_groups = GroupRenderer(), list(GroupRenderer.group_names)
+    return model

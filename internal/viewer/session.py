@@ -245,7 +245,8 @@ class ClientSession:
             lines.append("Waiting for the first frame…")
         device = model.splats.means.device
         lines.append(f"{model.num_gaussians:,} Gaussians · SH {self.settings.sh_degree if self.settings.sh_degree is not None else self.max_sh}"
-                     f" · {resolve_backend(self.settings.backend, device)}")
+                     f" · {resolve_backend(self.settings.backend, device)}"
+                     + (f" · appearance {self.settings.appearance_group}" if self.settings.appearance_group else ""))
         if self.last_error:
             lines.append(f"⚠ {self.last_error}")
         return "  \n".join(lines)
