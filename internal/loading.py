@@ -46,6 +46,9 @@ class LoadedModel:
     background: tuple[float, float, float]  # the training background when known, else (0,0,0)
     renderer: torch.nn.Module | None  # the checkpoint's renderer rebuilt with its weights (None for a .ply)
     appearance_groups: list[str]  # group names when the renderer has an appearance model, else []
+    # The checkpoint's other per-Gaussian parameters (e.g. an appearance model's features), rows in the
+    # order of `splats` (sort_by_visibility reorders them with the splats); the renderer reads them by name.
+    extras: dict[str, Tensor] = field(default_factory=dict, repr=False)
     # Activated tensors for rasterize(), reused while the splats are unchanged (see activated_gaussians).
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -374,7 +377,8 @@ def sort_by_visibility(model: LoadedModel) -> LoadedModel:
                     sh0=s.sh0[order], shN=s.shN[order], normals=None if s.normals is None else s.normals[order])
     return LoadedModel(splats=splats, source=model.source, step=model.step, cameras=model.cameras,
                        background=model.background, renderer=model.renderer,
-                       appearance_groups=list(model.appearance_groups))
+                       appearance_groups=list(model.appearance_groups),
+                       extras={k: v[order.to(v.device)] for k, v in model.extras.items()})
 
 
 class _GaussiansView:

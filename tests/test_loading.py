@@ -221,10 +221,14 @@ def test_visibility_order_and_prefix_rendering(run):
     from internal.loading import sort_by_visibility, visibility_score
 
     model = load_model(run)
+    model.extras = {"row": torch.arange(model.num_gaussians, dtype=torch.float32)[:, None]}  # per-Gaussian extras
     ordered = sort_by_visibility(model)
     _, _, scales, opac, _ = gs.Splats.activated(ordered.splats)
     score = visibility_score(opac, scales)
     assert (score[:-1] >= score[1:]).all()  # most visible first
+    # Extra per-Gaussian parameters follow their Gaussians.
+    rows = ordered.extras["row"][:, 0].long()
+    torch.testing.assert_close(ordered.splats.means, model.splats.means[rows])
     c2w, fov = default_view(model)
     w2c, K = np.linalg.inv(c2w), intrinsics(fov, 48, 40)
     # The same picture in another order (the rasterizer sorts by depth).

@@ -226,7 +226,8 @@ def test_browser_mode_draws_splats_in_the_page(browser, app, shots):
 
 
 def test_appearance_group_dropdown(browser, run, tmp_path, shots):
-    """Hidden without appearance groups; with them (a stand-in renderer), picking one renders through it."""
+    """Hidden without appearance groups; with them (a stand-in renderer) the first group is drawn, and
+    picking another renders through the renderer with its index."""
     plain = ViewerApp(StaticSource(load_model(run), save_dir=tmp_path / "plain"),
                       ViewerOptions(host="127.0.0.1", port=free_port())).start()
     try:
@@ -240,7 +241,9 @@ def test_appearance_group_dropdown(browser, run, tmp_path, shots):
                         ViewerOptions(host="127.0.0.1", port=free_port())).start()
     try:
         page, session = open_page(browser, grouped)
-        before, _, _ = page_shows(page, session, shots / "no_group.png")
+        assert session.settings.appearance_group == "morning"  # the first group until another is picked
+        before, _, _ = page_shows(page, session, shots / "morning.png")
+        assert grouped.source.snapshot().renderer.seen == 0
         n = session.frames_sent
         page.get_by_role("combobox", name="Appearance group").click()
         page.get_by_role("option", name="evening").click()

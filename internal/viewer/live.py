@@ -25,6 +25,9 @@ from ..splats import Splats
 from .sources import ModelSource
 
 
+_SPLAT_FIELDS = ("means", "quats", "scales", "opacities", "sh0", "shN")
+
+
 class TrainingGate:
     """Training steps and snapshots take turns; a waiting snapshot goes before the next step."""
 
@@ -118,6 +121,10 @@ class TrainingSource(ModelSource):
                         scales=g.scales.detach().clone(), opacities=g.opacities.detach().clone(),
                         sh0=g.sh0.detach().clone(), shN=g.shN.detach()[:, :k1].clone(),
                     )
+                    # Other per-Gaussian parameters (an appearance model's features), row for row.
+                    n = g.means.shape[0]
+                    extras = {name: p.detach().clone() for name, p in g.named_parameters(recurse=False)
+                              if name not in _SPLAT_FIELDS and p.dim() >= 1 and p.shape[0] == n}
                     renderer = self.module.renderer
                     groups = list(getattr(renderer, "group_names", None) or [])
                     renderer = copy.deepcopy(renderer) if groups else None
@@ -125,7 +132,7 @@ class TrainingSource(ModelSource):
                 step = int(self.trainer.global_step)
             self._snap = LoadedModel(splats=splats, source=Path(self.trainer.default_root_dir), step=step,
                                      cameras=self._cameras_json(), background=background, renderer=renderer,
-                                     appearance_groups=groups)
+                                     appearance_groups=groups, extras=extras)
             self._snap_steps = steps
             return self._snap
 

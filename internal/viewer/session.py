@@ -29,7 +29,7 @@ class ClientSession:
         self.max_sh = model.splats.sh_degree
         self.settings = DisplaySettings(
             sh_degree=opts.sh_degree, background=opts.background, max_resolution=opts.max_resolution,
-            backend=opts.backend,
+            backend=opts.backend, appearance_group=(list(model.appearance_groups) or [None])[0],
         )
         self.last_frame: tuple[np.ndarray, bool, CameraState] | None = None
         self.frames_sent = 0
@@ -76,8 +76,9 @@ class ClientSession:
             self.far = gui.add_number("Far", 1e6, min=0.0, step=1.0)
             self.max_res = gui.add_slider("Max resolution", 256, 3840, 64, min(3840, max(256, opts.max_resolution)),
                                           hint="long side of the still frame in pixels")
+            # An appearance model always draws some group's look: the first until another is picked.
             groups = list(model.appearance_groups)
-            self.group = gui.add_dropdown("Appearance group", [_NO_GROUP] + groups, initial_value=_NO_GROUP,
+            self.group = gui.add_dropdown("Appearance group", groups or [_NO_GROUP], initial_value=(groups or [_NO_GROUP])[0],
                                           visible=bool(groups), hint="colour the scene as in this group's photos")
 
         with gui.add_folder("Browser mode", expand_by_default=False):
