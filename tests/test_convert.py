@@ -213,3 +213,8 @@ def test_too_few_registered_names_the_left_out_photos(tmp_path):
     assert "--min_registered 0.37" in line and "--camera_model" not in line  # SIMPLE_RADIAL already
     listed = (tmp_path / "scene" / "distorted" / "left_out.txt").read_text().split()
     assert {f"lego_{p.stem}.png" for p in lego} <= set(listed)
+    # accepting it does not cost the mapping again, and the scene holds the registered photos only
+    r = convert(photos, tmp_path / "scene", ConvertOptions(max_image_size=500, min_registered=0.3))
+    assert r.ran == ["undistortion", "resize"]
+    assert set(r.left_out) == set(listed) and len(r.registered) == 8 - len(listed) >= 2
+    assert sorted(p.name for p in (tmp_path / "scene" / "images").iterdir()) == r.registered

@@ -463,7 +463,6 @@ class _Converter:
             rec.write(self.sparse / str(k))
         shutil.rmtree(tmp, ignore_errors=True)
         best = ordered[0]
-        self.check_registered(names)  # before undistorting a model that is not good enough
         others = f"; {len(ordered) - 1} smaller model(s) in {self.sparse} ({', '.join(str(r.num_reg_images()) for r in ordered[1:])} images)" if len(ordered) > 1 else ""
         return f"{best.num_reg_images()} of {len(names)} photos registered, {best.num_points3D()} points{others}"
 
@@ -567,23 +566,31 @@ class _Converter:
             head = f"[{i + 1}/{len(STAGES)}] {stage}"
             if not redoing:
                 self.say(f"{head}: done in an earlier run ({rec['seconds']:.1f} s: {rec['note']}); skipped (--redo {stage} runs it again)")
-                continue
-            stages.pop(stage, None)
-            for later in STAGES[i + 1:]:
-                stages.pop(later, None)
-            _write_state(self.state_path, state)
-            self.say(f"{head}")
-            t0 = time.perf_counter()
-            note = run_stage[stage]()
-            seconds = time.perf_counter() - t0
-            stages[stage] = {"key": key, "seconds": round(seconds, 3), "note": note}
-            _write_state(self.state_path, state)
-            ran.append(stage)
-            self.say(f"{head}: {note} ({seconds:.1f} s)")
+            else:
+                ran.append(stage)
+                self.run_stage(stage, key, run_stage[stage], head, state)
+            if stage == "mapping":
+                # Not part of the stage: a model kept by an earlier run is checked against this run's
+                # --min_registered, and a failed check does not cost the mapping again.
+                self.check_registered(names)
         result = self.summary(names, {s: stages[s]["seconds"] for s in STAGES}, ran)
         state["summary"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
         _write_state(self.state_path, state)
         return result
+
+    def run_stage(self, stage: str, key: str, work: Callable[[], str], head: str, state: dict) -> None:
+        """Run one stage, recording it in convert.json once (and only once) it has finished."""
+        stages = state["stages"]
+        for later in STAGES[STAGES.index(stage):]:
+            stages.pop(later, None)  # a stage that runs again invalidates what came after it
+        _write_state(self.state_path, state)
+        self.say(head)
+        t0 = time.perf_counter()
+        note = work()
+        seconds = time.perf_counter() - t0
+        stages[stage] = {"key": key, "seconds": round(seconds, 3), "note": note}
+        _write_state(self.state_path, state)
+        self.say(f"{head}: {note} ({seconds:.1f} s)")
 
     def check_registered(self, names: list[str]) -> tuple[list[str], list[str]]:
         """(registered, left out) of the model in distorted/sparse/0; an error when too few are registered."""
