@@ -125,6 +125,13 @@ def test_interp_passes_through_the_training_cameras_and_train_renders_them(train
     assert steps.max() < 4 * np.median(steps)  # smooth: no jumps
     c2ws, fovs, size, _, _ = trajectory(model, VideoOptions(traj="train"))
     assert np.allclose(c2ws, cams) and size == (64, 64)
+    # the spiral circles the mean camera and keeps the scene in front of it
+    c2ws, fovs, _, _, name = trajectory(model, VideoOptions(traj="spiral", frames=12))
+    centre = np.median(model.splats.means.numpy().astype(np.float64), axis=0)
+    to_centre = centre - c2ws[:, :3, 3]
+    cos = np.einsum("ni,ni->n", c2ws[:, :3, 2], to_centre) / np.linalg.norm(to_centre, axis=1)
+    assert name == "spiral" and len(c2ws) == 12 and cos.min() > 0.8, cos
+    assert np.ptp(c2ws[:, :3, 3], axis=0).max() > 0  # it moves
 
 
 def _c2w(e):
