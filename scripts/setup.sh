@@ -42,14 +42,17 @@ if [ $GPU = 1 ]; then
     fi
     echo "[setup] installing torch 2.13.0 with CUDA${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL} (a few GB the first time)"
     "${PIP[@]}" install -q -c constraints.txt ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
-    "$VENV/bin/python" - <<'PY'
+    "$VENV/bin/python" -W ignore::UserWarning - <<'PY'  # (torch warns that numpy is not installed yet)
 import subprocess, sys, torch
 if torch.version.cuda is None:
     sys.exit(f"[setup] pip installed a CPU-only torch ({torch.__version__}): your pip configuration offers one "
              "(see `pip config list`: find-links or index-url). Point it at PyPI or set TORCH_INDEX_URL to a CUDA "
              "index (e.g. https://download.pytorch.org/whl/cu130), then run setup again; or GS_GPU=0 for the CPU only.")
 if not torch.cuda.is_available():
-    smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout
+    try:
+        smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout
+    except OSError:
+        smi = ""
     cap = next((l.split("CUDA Version:")[1].split()[0] for l in smi.splitlines() if "CUDA Version:" in l), "?")
     sys.exit(f"[setup] torch {torch.__version__} is built for CUDA {torch.version.cuda} but cannot use the GPU: the "
              f"driver supports CUDA {cap}. Update the NVIDIA driver (CUDA 13.0 needs 580 or newer), or install a "
