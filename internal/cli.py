@@ -10,7 +10,12 @@ point_cloud/iteration_S/point_cloud.ply, metrics/, renders/ and the TensorBoard 
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import io
+import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -22,6 +27,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from . import ddp  # several processes; importing it registers the "gaussian_ddp" strategy name
 from .callbacks import AtomicCheckpointIO, SaveAtSteps, WriteCameras
+from .checkpoints import read_checkpoint
+from .errors import check
 from .data.datamodule import DataModule
 from .module import GaussianSplatting
 
@@ -70,6 +77,10 @@ class GSCLI(LightningCLI):
                 "devices": 1,
             },
             seed_everything_default=42,
+            # Parse errors raise (main() prints them as one line with a suggestion) instead of printing
+            # the whole usage and exiting with status 2.
+            parser_kwargs={"exit_on_error": False,
+                           **{sub: {"exit_on_error": False} for sub in ("fit", "validate", "test", "predict")}},
             args=args,
             run=run,
         )
@@ -82,6 +93,15 @@ class GSCLI(LightningCLI):
                             help="steps at which a checkpoint and a point_cloud.ply are kept")
         parser.add_argument("--checkpoint_every", type=int, default=1_000,
                             help="refresh checkpoints/last.ckpt every this many steps (for resuming)")
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyperparameters here, before anything of ours runs: check
+        # the file first, so that one that is not a checkpoint of ours gets our one-line error.
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and ckpt != "last" and Path(ckpt).is_file():
+            read_checkpoint(ckpt)
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -104,6 +124,12 @@ class GSCLI(LightningCLI):
                 raise SystemExit(f"error: --ckpt_path last, but {last} does not exist; train first or pass a checkpoint path")
         elif ckpt and not Path(ckpt).is_file():
             raise SystemExit(f"error: checkpoint {ckpt} does not exist")
+        if cfg.get("ckpt_path"):
+            # A file that is not a checkpoint of ours fails deep inside Lightning with a traceback.
+            read_checkpoint(cfg.ckpt_path, sh_degree=cfg.model.sh_degree)
+        if self.subcommand == "fit":
+            check(all(s > 0 for s in cfg.save_steps), "--save_steps", f"must be positive steps, got {cfg.save_steps}")
+            check(cfg.checkpoint_every > 0, "--checkpoint_every", f"must be > 0 steps, got {cfg.checkpoint_every}")
 
     def instantiate_trainer(self, **kwargs):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -130,18 +156,78 @@ class GSCLI(LightningCLI):
         self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
 
 
+class _DropAdvertisements(logging.Filter):
+    """Lightning 2.6 logs a tip to install its cloud services (litlogger, litmodels) on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not ("litlogger" in msg or "litmodels" in msg)
+
+
+def silence_advertisements() -> None:
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdvertisements) for f in logger.filters):
+        logger.addFilter(_DropAdvertisements())
+
+
+def parse_error_line(exc: Exception, argv: list[str]) -> str:
+    """One line for a jsonargparse error: its first line, the closest known option when it names an
+    unknown one, and where the options are listed."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    sub = next((a for a in argv if a in ("fit", "validate", "test", "predict")), "fit")
+    hint = ""
+    unknown = (re.findall(r"does not accept option '([\w.]+)'", message)
+               or re.findall(r"unrecognized arguments: (--?[\w.]+)", message))
+    unknown = ["--" + u.lstrip("-") for u in unknown]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], option_names(sub), n=1, cutoff=0.6)
+        if close and close[0] != unknown[0]:
+            hint = f" (did you mean {close[0]}?)"
+    return f"{message}{hint}; `python main.py {sub} --help` lists every option (--print_config shows the values)"
+
+
+def option_names(subcommand: str) -> list[str]:
+    """The options of a subcommand, read from its --help (which builds the parser and instantiates nothing)."""
+    out = io.StringIO()
+    argv = sys.argv
+    sys.argv = argv[:1]  # LightningCLI warns when args and a command line are both given
+    try:
+        with contextlib.redirect_stdout(out):
+            GSCLI(args=[subcommand, "--help"])
+    except SystemExit:
+        pass
+    except Exception:  # a suggestion is a courtesy: never fail the error message over it
+        return []
+    finally:
+        sys.argv = argv
+    return sorted(set(re.findall(r"(--[\w.]+)", out.getvalue())))
+
+
 def main(args=None) -> None:
     """Entry point of main.py. Errors about the user's input end the run with their one-line message
     (exit status 1) instead of a traceback; GS_TRACEBACK=1 shows the traceback too."""
+    from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from .checkpoints import CheckpointError
     from .data.errors import DatasetError
+    from .errors import ConfigError
+    from .guidance import GuidanceError
     from .module import NonFiniteLossError
     from .splats import PlyFormatError
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    silence_advertisements()
     try:
         GSCLI(args=args)
-    except (DatasetError, PlyFormatError, NonFiniteLossError) as exc:
+    except ArgumentError as exc:  # an unknown option, a value of the wrong type, a bad config file
+        if os.environ.get("GS_TRACEBACK") == "1":
+            raise
+        print(f"error: {parse_error_line(exc, list(sys.argv[1:] if args is None else args))}", file=sys.stderr)
+        sys.exit(1)
+    except (DatasetError, PlyFormatError, NonFiniteLossError, ConfigError, CheckpointError, GuidanceError,
+            MisconfigurationException) as exc:
         if os.environ.get("GS_TRACEBACK") == "1":
             raise
         print(f"error: {exc}", file=sys.stderr)

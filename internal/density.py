@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .errors import check
 from .gaussians import GaussianModel, logit, resize_to_state_dict
 from .optim import append_gaussians, keep_gaussians, reset_state_rows
 from .rasterize.projection import quat_to_rotmat
@@ -90,14 +91,17 @@ class DensityController(nn.Module):
         reset_opacity_at_densify_from_for_white_background: bool = True,
     ):
         super().__init__()
-        if densify_every <= 0:
-            raise ValueError(f"densify_every must be > 0, got {densify_every}")
-        if opacity_reset_every < 0 or max_gaussians < 0 or max_screen_size < 0:
-            raise ValueError("opacity_reset_every, max_gaussians and max_screen_size must be >= 0 (0 disables)")
-        if not 0.0 < reset_opacity_to < 1.0:
-            raise ValueError(f"reset_opacity_to must be in (0,1), got {reset_opacity_to}")
-        if split_count < 1 or split_scale_divisor <= 0:
-            raise ValueError(f"split_count must be >= 1 and split_scale_divisor > 0, got {split_count}, {split_scale_divisor}")
+        opt = "--model.density.init_args."
+        check(densify_every > 0, opt + "densify_every", f"must be > 0, got {densify_every}")
+        for name, value in (("densify_from", densify_from), ("densify_until", densify_until),
+                            ("opacity_reset_every", opacity_reset_every), ("max_gaussians", max_gaussians),
+                            ("max_screen_size", max_screen_size)):
+            check(value >= 0, opt + name, f"must be >= 0 (0 disables where that applies), got {value}")
+        check(0.0 < reset_opacity_to < 1.0, opt + "reset_opacity_to", f"must be in (0,1), got {reset_opacity_to}")
+        check(0.0 <= prune_opacity < 1.0, opt + "prune_opacity", f"must be in [0,1), got {prune_opacity}")
+        check(grad_threshold > 0, opt + "grad_threshold", f"must be > 0, got {grad_threshold}")
+        check(split_count >= 1, opt + "split_count", f"must be >= 1, got {split_count}")
+        check(split_scale_divisor > 0, opt + "split_scale_divisor", f"must be > 0, got {split_scale_divisor}")
         self.densify_from = densify_from
         self.densify_until = densify_until
         self.densify_every = densify_every

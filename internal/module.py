@@ -1,8 +1,8 @@
 """GaussianSplatting: the LightningModule. Reads top to bottom as one training step of 3DGS:
 
-render -> masked (1-λ)·L1 + λ·(1-SSIM) -> backward -> densification statistics and schedule
-(clone / split / prune / opacity reset, optimizer state resized with the parameters) -> Adam step
--> SH degree up every `sh_degree_interval` steps.
+render -> masked (1-λ)·L1 + λ·(1-SSIM) (+ a guidance loss on novel views, when configured) -> backward
+-> densification statistics and schedule (clone / split / prune / opacity reset, optimizer state resized
+with the parameters) -> Adam step -> SH degree up every `sh_degree_interval` steps.
 
 Optimisation is manual (`automatic_optimization = False`) because densification must run between
 the backward pass and the optimizer step, and it replaces parameters and their Adam state.
@@ -24,7 +24,9 @@ from PIL import Image
 
 from . import ddp, metrics
 from .density import DensityController
+from .errors import check
 from .gaussians import GaussianModel
+from .guidance import Guidance
 from .optim import create_optimizer, exp_lr
 from .renderers import VanillaRenderer
 
@@ -50,6 +52,15 @@ class OptimizationParams:
     sh_degree_interval: int = 1000
     """Raise the active SH degree by one every this many steps, up to `sh_degree`."""
 
+    def __post_init__(self):
+        opt = "--model.optimization."
+        for name in ("means_lr_init", "means_lr_final", "sh0_lr", "shN_lr", "opacities_lr", "scales_lr", "quats_lr"):
+            value = getattr(self, name)
+            check(value >= 0 and value == value and value != float("inf"), opt + name, f"must be a finite rate >= 0, got {value}")
+        check(self.means_lr_max_steps > 0, opt + "means_lr_max_steps", f"must be > 0, got {self.means_lr_max_steps}")
+        check(0.0 <= self.ssim_weight <= 1.0, opt + "ssim_weight", f"must be in [0,1], got {self.ssim_weight}")
+        check(self.sh_degree_interval > 0, opt + "sh_degree_interval", f"must be > 0, got {self.sh_degree_interval}")
+
 
 class GaussianSplatting(lightning.LightningModule):
     """3D Gaussian Splatting.
@@ -65,6 +76,9 @@ class GaussianSplatting(lightning.LightningModule):
         compute_lpips: compute LPIPS in validation/test when its weights can be had; otherwise it is
             reported as not computed.
         save_renders: save every validation/test render (and its ground truth) as PNG.
+        guidance: an extra loss on views the photos do not cover, e.g. `SDSGuidance` (internal/guidance/);
+            called once per training step, it renders its own views through `renderer`. Checkpoints keep
+            its configuration, never its model.
     """
 
     def __init__(
@@ -77,15 +91,18 @@ class GaussianSplatting(lightning.LightningModule):
         init_opacity: float = 0.1,
         compute_lpips: bool = False,
         save_renders: bool = True,
+        guidance: Optional[Guidance] = None,
     ):
         super().__init__()
-        if not 0 <= sh_degree <= 3:
-            raise ValueError(f"sh_degree must be 0..3, got {sh_degree}")
-        self.save_hyperparameters(ignore=["renderer", "density"])
+        check(0 <= sh_degree <= 3, "--model.sh_degree",
+              f"must be 0..3 (what the PLY layout and the rasterizer support), got {sh_degree}")
+        check(0.0 < init_opacity < 1.0, "--model.init_opacity", f"must be in (0,1), got {init_opacity}")
+        self.save_hyperparameters(ignore=["renderer", "density", "guidance"])
         self.automatic_optimization = False
         self.gaussians = GaussianModel(sh_degree)
         self.renderer = renderer
         self.density = density
+        self.guidance = guidance  # not an nn.Module: nothing of it (a diffusion model) enters state_dict
         self.opt = optimization
         self.background_mode = background
         self.init_opacity = init_opacity
@@ -157,6 +174,10 @@ class GaussianSplatting(lightning.LightningModule):
         ssim = metrics.ssim(pred, gt, mask)
         lam = self.opt.ssim_weight
         loss = (1.0 - lam) * l1 + lam * (1.0 - ssim)
+        # Its own novel-view renders: the photometric view's means2d gradient (densification) is untouched.
+        guided = self.guidance(step, self.renderer, self.gaussians, background, self.generator) if self.guidance is not None else None
+        if guided is not None:
+            loss = loss + guided.loss
         finite = bool(torch.isfinite(loss))
         if finite or ddp.world_size() > 1:  # the others wait for this process's gradients either way
             self.manual_backward(loss)
@@ -189,6 +210,8 @@ class GaussianSplatting(lightning.LightningModule):
         self.log("train/loss", loss.detach(), prog_bar=True)
         self.log("train/psnr", psnr, prog_bar=True)
         self.log("gaussians", float(self.gaussians.num_gaussians), prog_bar=True)
+        if guided is not None:
+            self.log_dict({f"train/{k}": float(v) for k, v in guided.logs.items()})
         if info and any(info.get(k) for k in ("cloned", "split", "pruned")):
             self.log_dict({f"density/{k}": float(v) for k, v in info.items() if isinstance(v, (int, float))})
         return loss.detach()
@@ -301,6 +324,8 @@ class GaussianSplatting(lightning.LightningModule):
         # Densification statistics are summed over processes right before each decision.
         self.density.reduce_fn = ddp.sum_across_processes if ddp.world_size() > 1 else None
         ddp.check_same_model(self, self.optimizers(use_pl_optimizer=False), f"start of training at step {self.global_step}")
+        if self.guidance is not None:  # loads its model (never part of a checkpoint) and reads the training cameras
+            self.guidance.setup(self.trainer.datamodule.scene, self.device, self.trainer.max_steps, self._output_dir())
 
     def on_train_start(self) -> None:
         # After the optimizer state is restored: Adam set for N images per step (N processes).
@@ -318,6 +343,8 @@ class GaussianSplatting(lightning.LightningModule):
                                                    "far": self.renderer.far}}
         checkpoint["gs_density"] = {k: v for k, v in vars(self.density).items()
                                     if not k.startswith("_") and isinstance(v, (int, float, bool))}
+        if self.guidance is not None:
+            checkpoint["gs_guidance"] = self.guidance.config()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         ddp.localize_density_stats(checkpoint, self)  # rank 0 takes them, other ranks start at zero

@@ -1,15 +1,18 @@
-"""What the rasterizer backend tests share: test scenes, running rasterize() with gradients, and comparisons
-with the contract's tolerances (docs/rasterizer.md).
+"""What the rasterizer backend tests share (tests/test_native.py, tests/test_gsplat.py): test scenes, running
+rasterize() with gradients on any device, and comparisons with the contract's tolerances (docs/rasterizer.md).
 
 Contract: forward colour and alpha within 1e-4 of the torch reference, every input gradient within rtol 1e-3 /
 atol 1e-4. Two backends compute in float32 in different orders, so two things can legitimately exceed those
-bands, and the helpers below allow for exactly them and bound them:
+bands; the comparison identifies them explicitly and bounds them:
 
-* Discontinuities. alpha >= 1/255, T < 1e-4 and the integer radius (which decides the tiles a Gaussian is
-  drawn in) are thresholds: a value within float rounding of one can fall on different sides in two correct
-  implementations, and that pixel then differs by up to ~1/255 of a colour. `assert_images_close` allows at
-  most a handful of such pixels (a fraction 2e-5 of the image, and never more than 20), and checks that
-  all other pixels meet 1e-4.
+* Discontinuities. The integer radius and the tile rectangle, and per pixel power > 0, alpha >= 1/255, the
+  0.99 clamp and T < 1e-4, are thresholds (and the SH and frustum clamps kinks of the gradient): a value
+  within float rounding of one can fall on different sides in two correct implementations, and which side
+  depends on the CPU's BLAS/vector code paths (issue 9). `tests/threshold_margins.py` finds those cases
+  from the float64 values and a bound on the float32 error, independently of the CPU: `without_ambiguous`
+  drops the Gaussians with such a projection decision from the scene (at most 0.5% of them) and gives the
+  pixels with such a compositing decision zero weight in the loss and no say in the image comparison (at
+  most 5%). Every other pixel must then meet 1e-4 with no exception.
 * Cancellation in gradients. A gradient element is a sum over many pixels of terms that can be 1e4-1e7
   times larger than the sum (conic gradients of tiny Gaussians reach 1e7). Float32 rounding of the terms
   then leaves an absolute error proportional to the terms, not to the result. `assert_grads_close`
@@ -31,8 +34,10 @@ from internal.rasterize import RenderOutput, rasterize
 from internal.rasterize.projection import SH_C0, tile_bounds
 
 from tests.conftest import shared_path
+from tests.threshold_margins import ambiguous_gaussians, ambiguous_pixels
 
-PIXEL_FLIP_FRACTION = 2e-5
+AMBIGUOUS_GAUSSIAN_FRACTION = 0.005
+AMBIGUOUS_PIXEL_FRACTION = 0.05
 GRAD_OUTLIER_FRACTION = 1e-4
 
 
@@ -40,15 +45,15 @@ GRAD_OUTLIER_FRACTION = 1e-4
 # Comparison helpers
 
 
-def assert_images_close(name, got, want, tol=1e-4):
+def assert_images_close(name, got, want, ambiguous=None, tol=1e-4):
+    """Every pixel outside `ambiguous` (C,H,W) within `tol` (per channel)."""
     diff = (got - want).abs()
     if diff.dim() > 3:
         diff = diff.amax(dim=-1)  # per pixel
+    if ambiguous is not None:
+        diff = diff.masked_fill(ambiguous.reshape(diff.shape), 0.0)
     bad = int((diff > tol).sum())
-    allowed = min(20, max(2, int(PIXEL_FLIP_FRACTION * diff.numel())))
-    assert bad <= allowed, f"{name}: {bad} pixels differ by more than {tol} (max {diff.max():.3g}), allowed {allowed}"
-    # A threshold flip moves a pixel by about one Gaussian's contribution at alpha ~ 1/255 or T ~ 1e-4.
-    assert diff.max() < 0.05, f"{name}: max difference {diff.max():.3g}"
+    assert bad == 0, f"{name}: {bad} pixels differ by more than {tol} (max {diff.max():.3g}) away from any threshold"
 
 
 def assert_grads_close(name, got, want, rtol=1e-3, atol=1e-4):
@@ -66,6 +71,26 @@ def assert_grads_close(name, got, want, rtol=1e-3, atol=1e-4):
     if n_bad:
         worst = float(err[bad].max())
         assert worst <= atol + 1e-4 * scale, f"{name}: outlier error {worst:.3g} beyond 1e-4 of max |grad| {scale:.3g}"
+
+
+def assert_outputs_close(name, ref, got, ambiguous=None):
+    """Colours, alphas and expected depth of two backends (not the radii), away from `ambiguous` pixels."""
+    assert_images_close(f"{name} colors", got.colors, ref.colors, ambiguous)
+    assert_images_close(f"{name} alphas", got.alphas, ref.alphas, ambiguous)
+    # Expected depth divides by alpha: compare the depth channel where alpha is not tiny.
+    solid = ref.alphas > 0.05
+    assert_images_close(f"{name} depths", (got.depths * solid), (ref.depths * solid), ambiguous, tol=1e-3)
+
+
+def assert_all_grads_close(name, gref, ggot):
+    """Every gradient of two runs; where one side has no graph at all, the other must be all zero."""
+    for k in sorted(set(gref) | set(ggot)):
+        g_ref, g_got = gref.get(k), ggot.get(k)
+        if g_ref is None or g_got is None:
+            other = g_ref if g_got is None else g_got
+            assert other is None or not other.abs().any(), f"{name} {k}"
+            continue
+        assert_grads_close(f"{name} {k}", g_got, g_ref)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,9 +151,16 @@ def garden_scene(every=1, downscale=1):
     coeffs[:, 0] = (torch.from_numpy(rgb).float() - 0.5) / SH_C0
     Ks = torch.from_numpy(d["Ks"]).float().clone()
     Ks[:, :2, :] /= downscale
-    return dict(means=torch.from_numpy(pts).float(), quats=torch.randn(n, 4, generator=g),
-                scales=torch.from_numpy(scale).float()[:, None].repeat(1, 3),
-                opacities=torch.rand(n, generator=g) * 0.9 + 0.05, colors=coeffs,
+    quats = torch.randn(n, 4, generator=g)
+    opacities = torch.rand(n, generator=g) * 0.9 + 0.05
+    # Anisotropic, as trained Gaussians are. With one scale on all three axes the covariance does not
+    # depend on the rotation, the exact quats gradient is 0, and what float32 gives instead is rounding
+    # noise of cancelling terms (~1e-4 here) that changes with the CPU's BLAS/ATen code path: comparing
+    # two backends' noise was issue 9's failure on Intel Xeons. Each axis gets a factor in [1/2, 2].
+    aniso = torch.exp(torch.empty(n, 3).uniform_(-math.log(2.0), math.log(2.0), generator=g))
+    return dict(means=torch.from_numpy(pts).float(), quats=quats,
+                scales=torch.from_numpy(scale).float()[:, None] * aniso,
+                opacities=opacities, colors=coeffs,
                 viewmats=torch.from_numpy(d["viewmats"]).float(), Ks=Ks,
                 width=int(d["width"]) // downscale, height=int(d["height"]) // downscale, sh_degree=3)
 
@@ -141,10 +173,12 @@ def _to_cpu(out: RenderOutput) -> RenderOutput:
                                        for f in dataclasses.fields(out) if torch.is_tensor(getattr(out, f.name))})
 
 
-def run(scene, backend, cameras=None, backgrounds=None, grad=True, seed=11, device="cpu"):
-    """rasterize() with leaf copies of the Gaussian parameters on `device`; returns (output, grads by name), on the CPU.
+def run(scene, backend, cameras=None, backgrounds=None, grad=True, seed=11, ignore=None, device="cpu"):
+    """rasterize() with leaf copies of the Gaussian parameters on `device`; returns (output, grads by name),
+    both on the CPU.
 
-    The loss weights are drawn on the CPU from `seed`, so every backend and device gets the same loss.
+    The loss weighs every output pixel with a seeded random weight (drawn on the CPU, so the same on every
+    device), except the pixels in `ignore` (C,H,W).
     """
     sl = slice(None) if cameras is None else cameras
     leaves = {k: scene[k].detach().to(device).clone().requires_grad_(grad) for k in PARAMS}
@@ -156,12 +190,14 @@ def run(scene, backend, cameras=None, backgrounds=None, grad=True, seed=11, devi
         return _to_cpu(out), {}
     out.means2d.retain_grad()
     g = torch.Generator().manual_seed(seed)
+    keep = 1.0 if ignore is None else (~ignore)[..., None].float().to(device)
 
     def weights(t):
         return torch.rand(t.shape, generator=g).to(device)
 
-    loss = ((out.colors * weights(out.colors)).sum() + (out.alphas * weights(out.alphas)).sum()
-            + (out.depths * weights(out.depths)).sum() * 0.1)
+    loss = ((out.colors * weights(out.colors) * keep).sum()
+            + (out.alphas * weights(out.alphas) * keep).sum()
+            + (out.depths * weights(out.depths) * keep).sum() * 0.1)
     if not loss.requires_grad:  # nothing drawn and nothing differentiable (e.g. no Gaussians at all)
         return _to_cpu(out), {}
     loss.backward()
@@ -170,43 +206,27 @@ def run(scene, backend, cameras=None, backgrounds=None, grad=True, seed=11, devi
     return _to_cpu(out), {k: (None if v is None else v.cpu()) for k, v in grads.items()}
 
 
-def assert_radii_close(ref, got, where=None):
-    """Radii equal but for a few flips of the integer rounding (at most one in 10000), optionally only `where`."""
-    differ = ref.radii != got.radii
-    if where is not None:
-        differ = differ & where
-    allowed = max(1, ref.radii.numel() // 10000)
-    assert int(differ.sum()) <= allowed, f"{int(differ.sum())} radii differ (allowed {allowed})"
+def drop_ambiguous_gaussians(scene, cameras=None):
+    """The scene less its Gaussians with a projection decision within float32 rounding of a threshold
+    (tests/threshold_margins.py); at most AMBIGUOUS_GAUSSIAN_FRACTION of them."""
+    sl = slice(None) if cameras is None else cameras
+    n = scene["means"].shape[0]
+    drop = ambiguous_gaussians(scene, sl)
+    assert int(drop.sum()) <= int(AMBIGUOUS_GAUSSIAN_FRACTION * n), (
+        f"{int(drop.sum())} of {n} Gaussians have a decision within rounding of a threshold: choose another scene")
+    if not drop.any():
+        return scene
+    keep = ~drop
+    return dict(scene, **{k: scene[k][keep] if scene[k].shape[0] == n else scene[k][:, keep] for k in PARAMS})
 
 
-def assert_outputs_close(ref, got, radii=True):
-    """Forward outputs of two backends with the contract's tolerances (radii, colours, alphas, expected depth)."""
-    if radii:
-        assert_radii_close(ref, got)
-    assert_images_close("colors", got.colors, ref.colors)
-    assert_images_close("alphas", got.alphas, ref.alphas)
-    # Expected depth divides by alpha: compare the depth channel where alpha is not tiny.
-    solid = ref.alphas > 0.05
-    assert_images_close("depths", (got.depths * solid), (ref.depths * solid), tol=1e-3)
-
-
-def assert_all_grads_close(gref, ggot, names=None):
-    for k in sorted(set(gref) | set(ggot)) if names is None else names:
-        g_ref, g_got = gref.get(k), ggot.get(k)
-        if g_ref is None or g_got is None:  # one side has no graph at all: the other must be all zero
-            other = g_ref if g_got is None else g_got
-            assert other is None or not other.abs().any(), k
-            continue
-        assert_grads_close(k, g_got, g_ref)
-
-
-def compare(scene, cameras=None, backgrounds=None, grad=True, backend="cpu", device="cpu"):
-    """`backend` on `device` against the torch reference on the CPU: outputs and every gradient."""
-    ref, gref = run(scene, "torch", cameras, backgrounds, grad)
-    got, ggot = run(scene, backend, cameras, backgrounds, grad, device=device)
-    assert_outputs_close(ref, got)
-    assert_all_grads_close(gref, ggot)
-    return ref, got
+def without_ambiguous(scene, cameras=None, min_effect=0.0):
+    """drop_ambiguous_gaussians, and the (C,H,W) pixels with a compositing decision within float32
+    rounding of a threshold (that can move the pixel by at least `min_effect`)."""
+    scene = drop_ambiguous_gaussians(scene, cameras)
+    pixels = ambiguous_pixels(scene, slice(None) if cameras is None else cameras, min_effect)
+    assert pixels.float().mean() <= AMBIGUOUS_PIXEL_FRACTION, f"{int(pixels.sum())} ambiguous pixels of {pixels.numel()}"
+    return scene, pixels
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,12 +237,28 @@ GSPLAT_EXTEND = 3.33  # gsplat bounds a Gaussian by its ellipse at Mahalanobis d
 GSPLAT_ALPHA_MAX = 0.999  # gsplat's alpha clamp (the contract's, after the original 3DGS, is 0.99)
 
 
+def gsplat_box_radii(means2d, conics, depths, radii, width, height, near=0.01, far=1e10, tile_size=16):
+    """Radii whose contract tile rectangle covers gsplat's box: the bounding box of the Gaussian's ellipse at
+    Mahalanobis distance 3.33, which holds every pixel where its alpha can reach 1/255 (plus a tile, since
+    gsplat ceils the far edge where the contract floors), for every Gaussian in the depth range."""
+    with torch.no_grad():
+        a, b, c = conics.detach().unbind(-1)
+        inv_det = (a * c - b * b).clamp_min(1e-30)
+        var_max = torch.maximum(c / inv_det, a / inv_det)  # the larger diagonal entry of the 2D covariance
+        big = torch.ceil(GSPLAT_EXTEND * torch.sqrt(var_max)) + tile_size
+        in_range = (depths > near) & (depths < far)
+        big = torch.where(in_range & torch.isfinite(big), big, torch.zeros_like(big))
+        big = big.clamp(max=float(4 * max(width, height) + 4 * tile_size)).to(torch.int32)
+        x0, x1, y0, y1 = tile_bounds(means2d, big, width, height, tile_size)
+        big = torch.where((x1 - x0) * (y1 - y0) > 0, big, torch.zeros_like(big))
+        return torch.maximum(big, radii.to(torch.int32))
+
+
 @contextmanager
-def gsplat_rules(tile_size: int = 16):
+def gsplat_rules():
     """Inside this block the torch reference follows gsplat 1.5.3 where it departs from the contract:
 
-    * tiles: every Gaussian is drawn in a tile rectangle that covers gsplat's box (the bounding box of its
-      ellipse at Mahalanobis distance 3.33, which holds every pixel where its alpha can reach 1/255) instead
+    * tiles: every Gaussian is drawn in a tile rectangle that covers gsplat's box (gsplat_box_radii) instead
       of the contract's tiles of the 3-sigma circle. Pixels outside gsplat's box have alpha < 1/255 and are
       skipped by the threshold either way, so a larger rectangle than gsplat's changes nothing;
     * alpha clamp: 0.999 instead of 0.99.
@@ -236,20 +272,25 @@ def gsplat_rules(tile_size: int = 16):
 
     def project(means, quats, scales, viewmats, Ks, width, height, near, far, tile):
         means2d, conics, depths, radii = original(means, quats, scales, viewmats, Ks, width, height, near, far, tile)
-        with torch.no_grad():
-            a, b, c = conics.detach().unbind(-1)
-            inv_det = (a * c - b * b).clamp_min(1e-30)
-            var_max = torch.maximum(c / inv_det, a / inv_det)  # the larger diagonal entry of the 2D covariance
-            big = torch.ceil(GSPLAT_EXTEND * torch.sqrt(var_max)) + tile_size  # + a tile: gsplat ceils the far edge
-            in_range = (depths > near) & (depths < far)
-            big = torch.where(in_range & torch.isfinite(big), big, torch.zeros_like(big))
-            big = big.clamp(max=float(4 * max(width, height) + 4 * tile_size)).to(torch.int32)
-            x0, x1, y0, y1 = tile_bounds(means2d, big, width, height, tile_size)
-            big = torch.where((x1 - x0) * (y1 - y0) > 0, big, torch.zeros_like(big))
-        return means2d, conics, depths, torch.maximum(big, radii)
+        return means2d, conics, depths, gsplat_box_radii(means2d, conics, depths, radii, width, height, near, far, tile)
 
     R.project_gaussians, reference.ALPHA_MAX = project, GSPLAT_ALPHA_MAX
     try:
         yield
     finally:
         R.project_gaussians, reference.ALPHA_MAX = original, alpha_max
+
+
+def without_ambiguous_under_gsplat_rules(scene, cameras=None, min_effect=0.0):
+    """without_ambiguous for a comparison under gsplat's rules: the Gaussians with a projection decision within
+    rounding of a threshold dropped (their radii are compared), and the pixels with a compositing decision
+    within rounding of gsplat's thresholds (its tiles, its 0.999 clamp)."""
+    sl = slice(None) if cameras is None else cameras
+    scene = drop_ambiguous_gaussians(scene, cameras)
+
+    def box(m2, con, depths, radii, width, height):
+        return gsplat_box_radii(m2, con, depths, radii, width, height)
+
+    pixels = ambiguous_pixels(scene, sl, min_effect, alpha_max=GSPLAT_ALPHA_MAX, radii_fn=box)
+    assert pixels.float().mean() <= AMBIGUOUS_PIXEL_FRACTION, f"{int(pixels.sum())} ambiguous pixels of {pixels.numel()}"
+    return scene, pixels

@@ -1,8 +1,24 @@
 """The `cpu` backend (C++/OpenMP extension, submodules/cpu_rasterizer) against the torch reference.
 
 Contract (docs/rasterizer.md): forward colour and alpha within 1e-4 of the reference, every input gradient
-within rtol 1e-3 / atol 1e-4, with the two allowances (threshold flips, cancellation in gradients) that
-tests/raster_helpers.py explains and bounds; the gsplat backend is held to the same (tests/test_gsplat.py).
+within rtol 1e-3 / atol 1e-4. Both backends compute in float32 in different orders, so two things can
+legitimately exceed those bands; the comparison identifies them explicitly and bounds them:
+
+* Discontinuities. The integer radius and the tile rectangle, and per pixel power > 0, alpha >= 1/255, the
+  0.99 clamp and T < 1e-4, are thresholds (and the SH and frustum clamps kinks of the gradient): a value
+  within float rounding of one can fall on different sides in two correct implementations, and which side
+  depends on the CPU's BLAS/vector code paths (issue 9). `tests/threshold_margins.py` finds those cases
+  from the float64 values and a bound on the float32 error, independently of the CPU: `compare` drops the
+  Gaussians with such a projection decision from the scene (at most 0.5% of them) and gives the pixels with
+  such a compositing decision zero weight in the loss and no say in the image comparison (at most 5%).
+  Every other pixel must then meet 1e-4 with no exception, and the radii must be identical.
+* Cancellation in gradients. A gradient element is a sum over many pixels of terms that can be 1e4-1e7
+  times larger than the sum (conic gradients of tiny Gaussians reach 1e7). Float32 rounding of the terms
+  then leaves an absolute error proportional to the terms, not to the result. `assert_grads_close`
+  requires rtol 1e-3 / atol 1e-4 for all but a fraction 1e-4 of the elements (at least 3 allowed), and those
+  few within 1e-4 of the tensor's largest magnitude (the size of the cancelled terms).
+All other elements must meet the contract's tolerances exactly. The helpers live in tests/raster_helpers.py,
+shared with the gsplat backend's tests (tests/test_gsplat.py).
 
 The whole file runs in well under a minute on 2 cores; the torch reference dominates it.
 """
@@ -10,6 +26,10 @@ The whole file runs in well under a minute on 2 cores; the torch reference domin
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -17,22 +37,57 @@ import torch
 from internal.rasterize import native, rasterize, reference
 from internal.rasterize.projection import project_gaussians, view_colors
 
+from tests.conftest import REPO
 from tests.raster_helpers import (
+    AMBIGUOUS_PIXEL_FRACTION,
     PARAMS,
+    assert_all_grads_close,
     assert_grads_close,
     assert_images_close,
-    compare,
+    assert_outputs_close,
+    drop_ambiguous_gaussians,
     garden_scene,
     random_scene,
     run,
+    without_ambiguous,
 )
+from tests.threshold_margins import ambiguous_composite_pixels
 
-if not native.available():
+if not native.available():  # pragma: no cover
     pytest.skip(
         "the native cpu rasterizer is not built (run scripts/setup.sh or "
         "`.venv/bin/pip install --no-build-isolation -c constraints.txt ./submodules/cpu_rasterizer`)",
         allow_module_level=True,
     )
+
+import cpu_rasterizer  # noqa: E402  (built: checked above)
+
+# Every compiled x86-64 level of the kernels this CPU can run (issue 9): each is held to the reference.
+LEVELS = cpu_rasterizer.available_levels()
+
+
+@contextmanager
+def kernels(level):
+    """Route the cpu backend through the module compiled for `level` (e.g. "x86-64-v3")."""
+    saved = native._C
+    native._C = cpu_rasterizer.load(level)
+    try:
+        yield
+    finally:
+        native._C = saved
+
+
+def compare(scene, cameras=None, backgrounds=None, grad=True):
+    """rasterize() with the cpu backend, at every compiled level, against the torch reference."""
+    scene, ambiguous = without_ambiguous(scene, cameras)
+    ref, gref = run(scene, "torch", cameras, backgrounds, grad, ignore=ambiguous)
+    for level in LEVELS:
+        with kernels(level):
+            got, ggot = run(scene, "cpu", cameras, backgrounds, grad, ignore=ambiguous)
+        assert torch.equal(ref.radii, got.radii), f"[{level}] {int((ref.radii != got.radii).sum())} radii differ"
+        assert_outputs_close(f"[{level}]", ref, got, ambiguous)
+        assert_all_grads_close(f"[{level}]", gref, ggot)
+    return ref, got
 
 
 # ------------------------------------------------------------------------------------------------
@@ -50,19 +105,29 @@ def test_composite_matches_reference(seed, per_camera_opacity):
     g = torch.Generator().manual_seed(seed)
     features = torch.cat([torch.rand(C, N, 3, generator=g), depths[..., None]], -1)
     opac = s["opacities"][None].repeat(C, 1) if per_camera_opacity else s["opacities"]
-    results = []
-    for fn in (reference.composite, native.composite):
+    # The screen-space inputs are given (both backends get the same float32 values): only compositing
+    # decisions can fall differently, and those pixels weigh nothing.
+    ambiguous = ambiguous_composite_pixels(means2d, conics, opac, depths, radii, s["width"], s["height"])
+    assert ambiguous.float().mean() <= AMBIGUOUS_PIXEL_FRACTION
+    keep = (~ambiguous)[..., None].float()
+
+    def composite(fn):
         leaves = [t.detach().clone().requires_grad_(True) for t in (means2d, conics, features, opac)]
         render, alpha = fn(*leaves, depths, radii, s["width"], s["height"])
         gr = torch.Generator().manual_seed(5)
-        ((render * torch.randn(render.shape, generator=gr)).sum() + (alpha * torch.randn(alpha.shape, generator=gr)).sum()).backward()
-        results.append((render, alpha, [x.grad for x in leaves]))
-    (r0, a0, g0), (r1, a1, g1) = results
-    assert_images_close("render", r1, r0)
-    assert_images_close("alpha", a1, a0)
-    for name, x, y in zip(("means2d", "conics", "features", "opacities"), g1, g0):
-        assert_grads_close(name, x, y)
-    assert g1[3].shape == opac.shape
+        ((render * torch.randn(render.shape, generator=gr) * keep).sum()
+         + (alpha * torch.randn(alpha.shape, generator=gr) * keep).sum()).backward()
+        return render, alpha, [x.grad for x in leaves]
+
+    r0, a0, g0 = composite(reference.composite)
+    for level in LEVELS:
+        with kernels(level):
+            r1, a1, g1 = composite(native.composite)
+        assert_images_close(f"[{level}] render", r1, r0, ambiguous)
+        assert_images_close(f"[{level}] alpha", a1, a0, ambiguous)
+        for name, x, y in zip(("means2d", "conics", "features", "opacities"), g1, g0):
+            assert_grads_close(f"[{level}] {name}", x, y)
+        assert g1[3].shape == opac.shape
 
 
 @pytest.mark.parametrize("channels", [1, 3, 7, 32])
@@ -72,55 +137,70 @@ def test_composite_any_channel_count(channels):
         means2d, conics, depths, radii = project_gaussians(s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"],
                                                            s["width"], s["height"])
     features = torch.rand(1, 200, channels, generator=torch.Generator().manual_seed(channels))
-    outs = []
-    for fn in (reference.composite, native.composite):
+    ambiguous = ambiguous_composite_pixels(means2d, conics, s["opacities"], depths, radii, s["width"], s["height"])
+    keep = (~ambiguous)[..., None].float()
+
+    def composite(fn):
         f = features.clone().requires_grad_(True)
         render, alpha = fn(means2d, conics, f, s["opacities"], depths, radii, s["width"], s["height"])
-        (render.square().sum() + alpha.sum()).backward()
-        outs.append((render, f.grad))
-    assert_images_close("render", outs[1][0], outs[0][0])
-    assert_grads_close("features", outs[1][1], outs[0][1])
+        ((render.square() * keep).sum() + (alpha * keep).sum()).backward()
+        return render, f.grad
+
+    want = composite(reference.composite)
+    for level in LEVELS:
+        with kernels(level):
+            got = composite(native.composite)
+        assert_images_close(f"[{level}] render", got[0], want[0], ambiguous)
+        assert_grads_close(f"[{level}] features", got[1], want[1])
 
 
 def test_native_projection_matches_torch():
-    s = random_scene(4, n=500, cameras=3)
+    s = drop_ambiguous_gaussians(random_scene(4, n=500, cameras=3))
     args = (s["viewmats"], s["Ks"], s["width"], s["height"])
-    results = []
-    for fn in (project_gaussians, native.project_gaussians):
+
+    def project(fn):
         leaves = [s[k].clone().requires_grad_(True) for k in ("means", "quats", "scales")]
         m2, con, dep, rad = fn(*leaves, *args)
         vis = (rad > 0)[..., None]
         g = torch.Generator().manual_seed(2)
         ((m2 * torch.randn(m2.shape, generator=g) * vis).sum() + (con * torch.randn(con.shape, generator=g) * vis).sum()
          + (dep * torch.randn(dep.shape, generator=g) * vis[..., 0]).sum()).backward()
-        results.append(((m2, con, dep, rad), [x.grad for x in leaves]))
-    (o0, g0), (o1, g1) = results
-    assert torch.equal(o0[3], o1[3]), "radii differ"
+        return (m2, con, dep, rad), [x.grad for x in leaves]
+
+    o0, g0 = project(project_gaussians)
     vis = o0[3] > 0
     assert vis.sum() > 100
-    for name, x, y in zip(("means2d", "conics", "depths"), o1[:3], o0[:3]):
-        torch.testing.assert_close(x[vis], y[vis], rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
-    for name, x, y in zip(("means", "quats", "scales"), g1, g0):
-        assert_grads_close(name, x, y)
+    for level in LEVELS:
+        with kernels(level):
+            o1, g1 = project(native.project_gaussians)
+        assert torch.equal(o0[3], o1[3]), f"[{level}] radii differ"
+        for name, x, y in zip(("means2d", "conics", "depths"), o1[:3], o0[:3]):
+            torch.testing.assert_close(x[vis], y[vis], rtol=1e-5, atol=1e-5, msg=lambda m: f"[{level}] {name}: {m}")
+        for name, x, y in zip(("means", "quats", "scales"), g1, g0):
+            assert_grads_close(f"[{level}] {name}", x, y)
 
 
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])
 def test_native_sh_colors_match_torch(degree):
-    s = random_scene(5, n=300, cameras=2, sh_degree=3)
-    results = []
-    for fn in (view_colors, native.view_colors):
+    s = drop_ambiguous_gaussians(dict(random_scene(5, n=300, cameras=2, sh_degree=3), sh_degree=degree))
+
+    def shade(fn):
         means = s["means"].clone().requires_grad_(True)
         coeffs = s["colors"].clone().requires_grad_(True)
         col = fn(means, coeffs, degree, s["viewmats"])
         (col * torch.randn(col.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
-        results.append((col, means.grad, coeffs.grad))
-    (c0, m0, k0), (c1, m1, k1) = results
-    torch.testing.assert_close(c1, c0, rtol=0, atol=1e-6)
-    assert_grads_close("coeffs", k1, k0)
-    if degree == 0:
-        assert m1 is None or not m1.abs().any()
-    else:
-        assert_grads_close("means", m1, m0)
+        return col, means.grad, coeffs.grad
+
+    c0, m0, k0 = shade(view_colors)
+    for level in LEVELS:
+        with kernels(level):
+            c1, m1, k1 = shade(native.view_colors)
+        torch.testing.assert_close(c1, c0, rtol=0, atol=1e-6, msg=lambda m: f"[{level}] colours: {m}")
+        assert_grads_close(f"[{level}] coeffs", k1, k0)
+        if degree == 0:
+            assert m1 is None or not m1.abs().any()
+        else:
+            assert_grads_close(f"[{level}] means", m1, m0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,15 +262,17 @@ def test_huge_and_tiny_scales_as_accurate_as_the_reference():
     s = random_scene(41, n=200)
     s["scales"] = torch.exp(torch.empty(200, 3).uniform_(math.log(1e-5), math.log(50.0), generator=g))
     ref32, g32 = run(s, "torch")
-    got, ggot = run(s, "cpu")
     exact, g64 = run({k: (v.double() if torch.is_tensor(v) else v) for k, v in s.items()}, "torch")
-    assert torch.isfinite(got.colors).all()
-    for name, a, b, e in (("colors", got.colors, ref32.colors, exact.colors), ("alphas", got.alphas, ref32.alphas, exact.alphas)):
-        err_cpu, err_ref = (a.double() - e).abs().max(), (b.double() - e).abs().max()
-        assert err_cpu <= 1.5 * err_ref + 1e-4, f"{name}: cpu error {err_cpu:.3g} vs float32 reference {err_ref:.3g}"
-    for k in g64:
-        err_cpu, err_ref = (ggot[k].double() - g64[k]).abs().max(), (g32[k].double() - g64[k]).abs().max()
-        assert err_cpu <= 1.5 * err_ref + 1e-4, f"{k}: cpu error {err_cpu:.3g} vs float32 reference {err_ref:.3g}"
+    for level in LEVELS:
+        with kernels(level):
+            got, ggot = run(s, "cpu")
+        assert torch.isfinite(got.colors).all()
+        for name, a, b, e in (("colors", got.colors, ref32.colors, exact.colors), ("alphas", got.alphas, ref32.alphas, exact.alphas)):
+            err_cpu, err_ref = (a.double() - e).abs().max(), (b.double() - e).abs().max()
+            assert err_cpu <= 1.5 * err_ref + 1e-4, f"[{level}] {name}: cpu error {err_cpu:.3g} vs float32 reference {err_ref:.3g}"
+        for k in g64:
+            err_cpu, err_ref = (ggot[k].double() - g64[k]).abs().max(), (g32[k].double() - g64[k]).abs().max()
+            assert err_cpu <= 1.5 * err_ref + 1e-4, f"[{level}] {k}: cpu error {err_cpu:.3g} vs float32 reference {err_ref:.3g}"
 
 
 def test_depth_ties_keep_index_order():
@@ -242,13 +324,15 @@ def test_means2d_grad_is_readable_and_radii_are_int32():
 
 
 def test_garden_full_resolution_forward():
-    s = garden_scene()
+    # Forward only: a flipped decision matters where it can move a pixel by the tolerance (colours here
+    # are below 1, so a change of alpha by 1e-4 bounds a colour change by 1e-4).
+    s, ambiguous = without_ambiguous(garden_scene(), slice(0, 1), min_effect=1e-4)
     ref, _ = run(s, "torch", cameras=slice(0, 1), grad=False)
     got, _ = run(s, "cpu", cameras=slice(0, 1), grad=False)
     assert got.colors.shape == (1, 420, 648, 3)
-    assert int((ref.radii != got.radii).sum()) <= 2
-    assert_images_close("colors", got.colors, ref.colors)
-    assert_images_close("alphas", got.alphas, ref.alphas)
+    assert torch.equal(ref.radii, got.radii)
+    assert_images_close("colors", got.colors, ref.colors, ambiguous)
+    assert_images_close("alphas", got.alphas, ref.alphas, ambiguous)
 
 
 def test_garden_gradients_reduced():
@@ -302,3 +386,51 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="float32"):
         rasterize(*(s[k].double() for k in PARAMS), s["viewmats"].double(), s["Ks"].double(), 32, 32, sh_degree=3,
                   backend="cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# One build for every x86-64 CPU (issue 9): levels, selection, override
+
+
+def test_the_best_level_this_cpu_runs_is_selected():
+    levels = cpu_rasterizer.available_levels()
+    assert levels, "no compiled level runs on this CPU"
+    assert cpu_rasterizer.ISA == levels[-1] or "CPU_RASTERIZER_ISA" in os.environ
+    assert native._C is cpu_rasterizer.load(cpu_rasterizer.ISA)
+    if levels != ["generic"]:
+        assert levels[0] == "x86-64"  # the baseline is always built and runs on every x86-64 CPU
+        # Every level this CPU reports, up to v4, was built (setup.py's default) and is usable.
+        want = [lv for lv in ("x86-64", "x86-64-v3", "x86-64-v4") if lv in cpu_rasterizer.cpu_levels()]
+        assert levels == want
+
+
+def test_avx2_and_avx512_builds_are_bitwise_identical():
+    # Both have FMA (used in exp only) and the same operation order: the same bits on any CPU that runs
+    # them, so training is reproducible across AVX2 and AVX-512 machines. (The baseline level, without
+    # FMA, rounds exp differently and is held to the reference like the others.)
+    fast = [lv for lv in LEVELS if lv in ("x86-64-v3", "x86-64-v4")]
+    if len(fast) < 2:
+        pytest.skip(f"this CPU runs only {LEVELS}: needs x86-64-v3 and x86-64-v4")
+    s = garden_scene(every=3, downscale=4)
+    outs = {}
+    for level in fast:
+        with kernels(level):
+            outs[level] = run(s, "cpu", cameras=slice(1, 3))
+    (o3, g3), (o4, g4) = outs["x86-64-v3"], outs["x86-64-v4"]
+    assert torch.equal(o3.colors, o4.colors) and torch.equal(o3.alphas, o4.alphas) and torch.equal(o3.radii, o4.radii)
+    for k in g3:
+        assert torch.equal(g3[k], g4[k]), k
+
+
+@pytest.mark.parametrize("asked, ok", [("x86-64", True), ("x86-64-v9", False), ("native", None)])
+def test_override_level_and_its_errors(asked, ok):
+    env = dict(os.environ, CPU_RASTERIZER_ISA=asked)
+    code = "import internal.rasterize.native as n, cpu_rasterizer as c; print('ISA', c.ISA)"
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=str(REPO))
+    if ok is None:  # "native" exists only when built with CPU_RASTERIZER_LEVELS=...,native
+        ok = cpu_rasterizer._built("native")
+    if ok:
+        assert res.returncode == 0 and f"ISA {asked}" in res.stdout, res.stderr
+    else:
+        last = res.stderr.strip().splitlines()[-1]
+        assert res.returncode != 0 and "CPU_RASTERIZER_ISA" in last and asked in last, res.stderr

@@ -26,9 +26,13 @@ from torch import Tensor
 from .projection import SH_C0, num_sh_bases
 
 try:
-    from cpu_rasterizer import _C  # type: ignore
+    from cpu_rasterizer import _C  # type: ignore  (the module of the best x86-64 level this CPU runs)
 except ImportError:  # not built: rasterize(backend="auto") falls back to torch with a warning
     _C = None
+except RuntimeError as exc:  # cpu_rasterizer.ISAError: CPU_RASTERIZER_ISA asks for a level that cannot run here
+    from ..errors import ConfigError
+
+    raise ConfigError(f"CPU_RASTERIZER_ISA: {exc}") from None
 
 TILE_SIZE = 16
 MAX_CHANNELS = 32

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import check
 from ..rasterize import BACKENDS, RenderOutput, rasterize
 
 
@@ -19,8 +20,8 @@ class VanillaRenderer(nn.Module):
 
     def __init__(self, backend: str = "auto", near: float = 0.01, far: float = 1e10):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown rasterizer backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        check(backend in BACKENDS, "--model.renderer.init_args.backend", f"{backend!r} is not a rasterizer backend; choose one of {', '.join(BACKENDS)}")
+        check(0 < near < far, "--model.renderer.init_args.near/far", f"must satisfy 0 < near < far, got near={near}, far={far}")
         self.backend = backend
         self.near = near
         self.far = far

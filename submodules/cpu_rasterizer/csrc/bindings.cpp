@@ -2,6 +2,7 @@
 // these are plain functions on contiguous float32 CPU tensors. The GIL is released while they run.
 #include <torch/extension.h>
 
+#include <string>
 #include <vector>
 
 namespace cpu_rasterizer {
@@ -39,4 +40,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sh_backward", &cr::sh_backward, release(),
         "(means, coeffs, degree, viewmats, g_colors) -> [g_means, g_coeffs]");
   m.def("num_threads", []() { return at::get_num_threads(); }, "threads the kernels use (torch.get_num_threads())");
+  // What this CPU (and its operating system: AVX and AVX-512 need the OS to save their registers) can
+  // run, as x86-64 micro-architecture levels. cpu_rasterizer asks the baseline module, which runs
+  // everywhere, before it imports a module compiled for a higher level.
+  m.def("cpu_levels", []() {
+    std::vector<std::string> levels;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    levels.push_back("x86-64");
+    if (__builtin_cpu_supports("x86-64-v2")) levels.push_back("x86-64-v2");
+    if (__builtin_cpu_supports("x86-64-v3")) levels.push_back("x86-64-v3");
+    if (__builtin_cpu_supports("x86-64-v4")) levels.push_back("x86-64-v4");
+#endif
+    return levels;
+  }, "x86-64 micro-architecture levels this CPU supports (empty on other architectures)");
 }
