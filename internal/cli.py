@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from . import ddp  # several processes; importing it registers the "gaussian_ddp" strategy name
 from .callbacks import AtomicCheckpointIO, SaveAtSteps, WriteCameras
 from .checkpoints import read_checkpoint
-from .errors import check
+from .errors import ConfigError, check
 from .data.datamodule import DataModule
 from .module import GaussianSplatting
 
@@ -113,6 +113,14 @@ class GSCLI(LightningCLI):
                 "init_args": {"save_dir": str(exp), "name": "tensorboard", "version": ""},
             }
         ckpt = cfg.get("ckpt_path")
+        if not ckpt and self.subcommand in ("validate", "test", "predict"):
+            # Without a checkpoint Lightning would evaluate freshly initialised Gaussians.
+            last = exp / "checkpoints" / "last.ckpt"
+            if not last.is_file():
+                raise ConfigError(f"{self.subcommand} needs trained Gaussians: pass --ckpt_path last (after "
+                                 f"training {exp}) or --ckpt_path FILE.ckpt; {last} does not exist")
+            print(f"[{self.subcommand}] no --ckpt_path given: using {last}")
+            ckpt = "last"
         if ckpt == "last":
             last = exp / "checkpoints" / "last.ckpt"
             if last.is_file():
@@ -121,9 +129,9 @@ class GSCLI(LightningCLI):
                 print(f"[resume] no {last} yet: starting a new run")
                 cfg.ckpt_path = None
             else:
-                raise SystemExit(f"error: --ckpt_path last, but {last} does not exist; train first or pass a checkpoint path")
+                raise ConfigError(f"--ckpt_path last, but {last} does not exist; train first or pass a checkpoint path")
         elif ckpt and not Path(ckpt).is_file():
-            raise SystemExit(f"error: checkpoint {ckpt} does not exist")
+            raise ConfigError(f"checkpoint {ckpt} does not exist")
         if cfg.get("ckpt_path"):
             # A file that is not a checkpoint of ours fails deep inside Lightning with a traceback.
             read_checkpoint(cfg.ckpt_path, sh_degree=cfg.model.sh_degree)

@@ -123,3 +123,13 @@ def test_through_the_real_script_no_traceback_and_no_advertisement(trained, tmp_
                         "--trainer.enable_progress_bar", "false"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "litlogger" not in r.stdout + r.stderr and "litmodels" not in r.stdout + r.stderr
+
+
+def test_evaluating_without_a_checkpoint(trained, tmp_path, capsys):
+    # Lightning would evaluate freshly initialised Gaussians; we use the run's last.ckpt, or refuse.
+    data, exp = trained
+    msg = one_line_error(capsys, ["test", "--data.path", str(data), "-n", "untrained", "--output", str(tmp_path)])
+    assert "needs trained Gaussians" in msg and "--ckpt_path" in msg
+    main(["test", "--config", str(exp / "config.yaml"), "--trainer.enable_progress_bar", "false"])
+    assert f"no --ckpt_path given: using {exp / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().out
+    assert (exp / "metrics" / "test-step=10.csv").is_file()

@@ -11,6 +11,7 @@ import torch
 import internal as gs
 from internal.cli import GSCLI
 from internal.demo_scene import generate_demo_scene
+from internal.errors import ConfigError
 from internal.module import NonFiniteLossError
 
 STEPS_PER_EPOCH = 21  # 24 views, every 8th held out
@@ -177,7 +178,7 @@ def test_test_subcommand_and_colmap_scene(demo, tmp_path):
 
 
 def test_ckpt_path_last_without_a_checkpoint_is_an_error_for_test(demo, tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         GSCLI(args=["test", "--data.path", str(demo / "blender"), "-n", "none", "--output", str(tmp_path),
                     "--ckpt_path", "last"])
 
