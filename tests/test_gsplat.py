@@ -14,6 +14,15 @@ function and the cpu backend's tolerances apply unchanged. What the two rules ch
 own reference is measured here on the CPU (test_gsplat_rules_change_little) and bounded; the GPU comparison
 with the contract's reference is held to that bound. Radii are the contract's on every backend (the gsplat
 backend computes them from gsplat's 2D covariances) and are compared with the cpu backend's allowance.
+
+gsplat's own float32 is not the float32 the margins of tests/threshold_margins.py were measured on: its
+kernels are built with -use_fast_math (`__expf`, approximate division and square roots). By CUDA's
+documented bounds that stays inside the margins (`__expf(x)` is within 2 + floor(1.173|x|) ulps: 8 ulps, a
+relative error below 16 * 2^-24, at the 1/255 threshold where |power| <= 5.55, against a margin on log alpha
+of at least 32 * 2^-24 plus the power's own rounding); this is not yet measured on a GPU. If the first GPU
+run (bench/gpu_check.sh) finds a pixel or radius that differs beyond the tolerances next to a threshold,
+the fix is to measure gsplat's error against float64 there and give it its own margin in threshold_margins
+(as alpha_max and radii_fn describe its rules), never to widen the tolerances used here.
 """
 
 from __future__ import annotations
