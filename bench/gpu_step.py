@@ -11,6 +11,9 @@ skips --warmup steps and times the next --steps, each between CUDA-synchronised 
   backend  internal.rasterize.rasterize(backend="gsplat") forward + backward (our wrapper: radii, background)
   renderer the module's renderer from the raw parameters (activations, SH concatenation) forward + backward
 and prints one JSON line; --json appends it to a file.
+
+--cpu-dry-run runs the same plumbing on the CPU (bench/gpu_check.sh --cpu-dry-run): wall-clock timing instead of
+CUDA events, and our cpu (or torch) backend standing in for gsplat, so that only the GPU itself is untested.
 """
 
 from __future__ import annotations
@@ -30,17 +33,28 @@ import torch  # noqa: E402
 from bench.step_profile import resume_fit, resume_parser  # noqa: E402
 
 
-def cuda_median_ms(fn, repeats: int, warmup: int = 5) -> float:
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def median_ms(fn, repeats: int, warmup: int = 5) -> float:
+    """Median time of fn: CUDA events on a GPU, the wall clock otherwise (the dry run)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        if torch.cuda.is_available():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - t0))
     return statistics.median(times)
 
 
@@ -52,7 +66,7 @@ class GpuStepTimer(lightning.Callback):
         self.ends: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        torch.cuda.synchronize()
+        sync()
         self.ends.append(time.perf_counter())
         if len(self.ends) < self.warmup + self.steps + 1:
             return
@@ -68,9 +82,10 @@ class GpuStepTimer(lightning.Callback):
         }
         rec.update(self.rasterizer_times(pl_module, batch))
         rec["overhead_ms"] = round(rec["step_ms_median"] - rec["gsplat_fwd_bwd_ms"], 3)
-        rec["device"] = torch.cuda.get_device_name()
+        cuda = torch.cuda.is_available()
+        rec["device"] = torch.cuda.get_device_name() if cuda else "cpu (dry run: a CPU backend stands in for gsplat)"
         rec["torch"] = torch.__version__
-        rec["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        rec["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
         rec["date"] = time.strftime("%Y-%m-%d %H:%M")
         print(json.dumps(rec), flush=True)
         if self.json_path:
@@ -78,10 +93,15 @@ class GpuStepTimer(lightning.Callback):
                 f.write(json.dumps(rec) + "\n")
 
     def rasterizer_times(self, pl_module, batch) -> dict:
-        from internal.rasterize import rasterize
-        from internal.rasterize.gsplat_backend import load_gsplat
+        from internal.rasterize import native, rasterize
 
-        gsplat = load_gsplat()
+        cuda = torch.cuda.is_available()
+        if cuda:
+            from internal.rasterize.gsplat_backend import load_gsplat
+
+            gsplat, ours = load_gsplat(), "gsplat"
+        else:  # the dry run: a CPU backend stands in for gsplat and for our gsplat wrapper
+            gsplat, ours = None, "cpu" if native.available() else "torch"
         g, cam = pl_module.gaussians, batch.camera
         W, H = int(cam.width[0]), int(cam.height[0])
         degree = int(g.active_sh_degree)
@@ -94,6 +114,8 @@ class GpuStepTimer(lightning.Callback):
             weights = torch.rand((1, H, W, 4), generator=gen, device=leaves[0].device)
 
         def library():
+            if gsplat is None:
+                return backend()
             render, alphas, meta = gsplat.rasterization(
                 *leaves, viewmats, Ks, W, H, near_plane=pl_module.renderer.near, far_plane=pl_module.renderer.far,
                 eps2d=0.3, sh_degree=degree, packed=False, render_mode="RGB+ED", rasterize_mode="classic")
@@ -102,7 +124,7 @@ class GpuStepTimer(lightning.Callback):
 
         def backend():
             out = rasterize(*leaves, viewmats, Ks, W, H, near=pl_module.renderer.near, far=pl_module.renderer.far,
-                            sh_degree=degree, backgrounds=bg, backend="gsplat")
+                            sh_degree=degree, backgrounds=bg, backend=ours)
             out.means2d.retain_grad()
             ((out.colors * weights[..., :3]).sum() + (out.alphas * weights[..., 3:]).sum()
              + (out.depths * weights[..., 3:]).sum()).backward()
@@ -113,9 +135,9 @@ class GpuStepTimer(lightning.Callback):
             ((out.colors * weights[..., :3]).sum() + (out.alphas * weights[..., 3:]).sum()).backward()
 
         times = {
-            "gsplat_fwd_bwd_ms": cuda_median_ms(library, self.repeats),
-            "backend_fwd_bwd_ms": cuda_median_ms(backend, self.repeats),
-            "renderer_fwd_bwd_ms": cuda_median_ms(renderer, self.repeats),
+            "gsplat_fwd_bwd_ms": median_ms(library, self.repeats),
+            "backend_fwd_bwd_ms": median_ms(backend, self.repeats),
+            "renderer_fwd_bwd_ms": median_ms(renderer, self.repeats),
         }
         pl_module.zero_grad(set_to_none=True)  # the renderer's backward accumulated into the parameters
         return {k: round(v, 3) for k, v in times.items()}
@@ -125,12 +147,18 @@ def main() -> None:
     ap = resume_parser(__doc__, warmup=20, steps=100)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--json", default="", help="append the result as one JSON line to this file")
+    ap.add_argument("--cpu-dry-run", action="store_true", help="the plumbing on the CPU, a CPU backend for gsplat")
     args, extra = ap.parse_known_args()  # anything else is passed on to main.py fit
-    if not torch.cuda.is_available():
-        sys.exit("error: bench/gpu_step.py needs a CUDA GPU (torch.cuda.is_available() is False)")
+    if args.cpu_dry_run:
+        device = ["--trainer.accelerator", "cpu", "--model.renderer.init_args.backend", "auto"]
+    elif torch.cuda.is_available():
+        device = ["--trainer.accelerator", "gpu", "--trainer.devices", "1"]
+    else:
+        sys.exit("error: bench/gpu_step.py needs a CUDA GPU (torch.cuda.is_available() is False); "
+                 "--cpu-dry-run checks the plumbing on the CPU")
     resume_fit(args.experiment, args.ckpt, args.warmup + args.steps + 2, "bench.gpu_step.GpuStepTimer",
                dict(warmup=args.warmup, steps=args.steps, repeats=args.repeats, json_path=args.json),
-               ["--trainer.accelerator", "gpu", "--trainer.devices", "1"] + extra)
+               device + extra)
 
 
 if __name__ == "__main__":

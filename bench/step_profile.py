@@ -77,7 +77,7 @@ def resume_fit(exp: Path, ckpt_name: str, steps_after: int, callback: str, callb
         cli_main([
             "fit", "--config", str(exp / "config.yaml"), "--ckpt_path", str(ckpt), "--output", scratch, "-n", "profile",
             "--trainer.max_steps", str(step + steps_after), "--trainer.limit_val_batches", "0",
-            "--save_steps", "[]", "--checkpoint_every", "0", "--trainer.logger", "false",
+            "--save_steps", "[]", "--checkpoint_every", str(10**9), "--trainer.logger", "false",  # none (0 is refused)
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             f"--trainer.callbacks+={callback}",
         ] + sum(([f"--trainer.callbacks.{k}", str(v)] for k, v in callback_args.items()), []) + extra)
