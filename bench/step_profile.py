@@ -63,19 +63,12 @@ class ProfileSteps(lightning.Callback):
         trainer.should_stop = True
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", type=Path)
-    ap.add_argument("--ckpt", default="last.ckpt", help="checkpoint file name in EXP/checkpoints")
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--rows", type=int, default=30)
-    ap.add_argument("--trace", default="", help="write a Chrome trace to this path")
-    args, extra = ap.parse_known_args()  # anything else is passed on to main.py fit
-    exp = args.experiment
-    ckpt = exp / "checkpoints" / args.ckpt
+def resume_fit(exp: Path, ckpt_name: str, steps_after: int, callback: str, callback_args: dict, extra: list[str]) -> None:
+    """Resume EXP's checkpoint through `main.py fit` into a scratch folder for `steps_after` more steps, with
+    `callback` (a dotted class path) added; no validation, checkpoints or logs. Shared by the step benchmarks."""
+    ckpt = exp / "checkpoints" / ckpt_name
     if not (exp / "config.yaml").is_file() or not ckpt.is_file():
-        sys.exit(f"error: {exp} needs config.yaml and checkpoints/{args.ckpt} (an experiment folder of main.py fit)")
+        sys.exit(f"error: {exp} needs config.yaml and checkpoints/{ckpt_name} (an experiment folder of main.py fit)")
     step = int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
 
     from internal.cli import main as cli_main
@@ -83,13 +76,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         cli_main([
             "fit", "--config", str(exp / "config.yaml"), "--ckpt_path", str(ckpt), "--output", scratch, "-n", "profile",
-            "--trainer.max_steps", str(step + args.warmup + args.steps + 1), "--trainer.limit_val_batches", "0",
-            "--save_steps", "[]", "--checkpoint_every", "0", "--trainer.logger", "false",
+            "--trainer.max_steps", str(step + steps_after), "--trainer.limit_val_batches", "0",
+            "--save_steps", "[]", "--checkpoint_every", str(10**9), "--trainer.logger", "false",  # none (0 is refused)
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.callbacks+=bench.step_profile.ProfileSteps",
-            "--trainer.callbacks.warmup", str(args.warmup), "--trainer.callbacks.steps", str(args.steps),
-            "--trainer.callbacks.rows", str(args.rows), "--trainer.callbacks.trace", args.trace,
-        ] + extra)
+            f"--trainer.callbacks+={callback}",
+        ] + sum(([f"--trainer.callbacks.{k}", str(v)] for k, v in callback_args.items()), []) + extra)
+
+
+def resume_parser(doc: str, warmup: int, steps: int) -> argparse.ArgumentParser:
+    """The arguments every step benchmark takes: EXP, --ckpt, --warmup, --steps (anything unknown goes to main.py fit)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiment", type=Path)
+    ap.add_argument("--ckpt", default="last.ckpt", help="checkpoint file name in EXP/checkpoints")
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--steps", type=int, default=steps)
+    return ap
+
+
+def main() -> None:
+    ap = resume_parser(__doc__, warmup=5, steps=20)
+    ap.add_argument("--rows", type=int, default=30)
+    ap.add_argument("--trace", default="", help="write a Chrome trace to this path")
+    args, extra = ap.parse_known_args()  # anything else is passed on to main.py fit
+    resume_fit(args.experiment, args.ckpt, args.warmup + args.steps + 1, "bench.step_profile.ProfileSteps",
+               dict(warmup=args.warmup, steps=args.steps, rows=args.rows, trace=args.trace), extra)
 
 
 if __name__ == "__main__":
