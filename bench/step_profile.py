@@ -146,11 +146,10 @@ class CpuAccounting(lightning.Callback):
                 acct.charge(str(func.overloadpacket.__name__), t0, p0)
                 return out
 
+        from internal import loss
         from internal.rasterize import native
 
-        if native._C is not None:
-            inner = native._C
-
+        def timed(inner):
             class Timed:
                 def __getattr__(self, name):
                     fn = getattr(inner, name)
@@ -166,8 +165,13 @@ class CpuAccounting(lightning.Callback):
 
                     return call
 
-            self.native_saved = inner
-            native._C = Timed()
+            return Timed()
+
+        # the native modules as the rasterizer and the fused loss hold them, restored by _stop
+        self.native_saved = [(owner, attr, getattr(owner, attr)) for owner, attr in ((native, "_C"), (loss, "_native"))
+                             if getattr(owner, attr) is not None]
+        for owner, attr, inner in self.native_saved:
+            setattr(owner, attr, timed(inner))
         self.mode = Mode()
         self.mode.__enter__()
         self.active = True
@@ -178,10 +182,8 @@ class CpuAccounting(lightning.Callback):
         wall = (time.perf_counter() - self.t_wall) / self.steps
         self.mode.__exit__(None, None, None)
         self.active = False
-        if self.native_saved is not None:
-            from internal.rasterize import native
-
-            native._C = self.native_saved
+        for owner, attr, inner in self.native_saved or []:
+            setattr(owner, attr, inner)
         k = 1e-6 / self.steps  # ns -> ms per step
         n = pl_module.gaussians.num_gaussians
         h, w = batch.image.shape[:2]
