@@ -9,6 +9,8 @@ model (another project's), Gaussians with NaN/inf values, or an SH degree other 
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -25,27 +27,39 @@ class CheckpointError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
-def read_checkpoint(path, sh_degree: Optional[int] = None) -> dict:
+def read_checkpoint(path, sh_degree: Optional[int] = None, fix: str = FIX, weights_only: bool = False) -> dict:
     """Load `path` on the CPU (memory-mapped) and check it holds a finite Gaussian model of ours.
 
     sh_degree: when given, the checkpoint's maximum SH degree must be this one.
+    fix: what the messages tell the user to do instead (tools other than training say it their way).
+    weights_only: unpickle tensors, containers and plain values only (tools that open files from anywhere:
+        a checkpoint cannot run code in them; ours hold nothing else).
     Returns the checkpoint dictionary.
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint does not exist; {FIX}")
+        raise CheckpointError(f"{path}: checkpoint does not exist; {fix}")
     try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=weights_only)
     except Exception:  # mmap needs torch's zip format: try the legacy format before giving up
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
+        except pickle.UnpicklingError as exc:
+            text = " ".join(str(exc).split())
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            if weights_only and found:  # a real pickle that names code to run
+                raise CheckpointError(f"{path}: refers to Python code ({found.group(1).rstrip('.,')}) besides tensors and "
+                                      f"plain values, which could run on loading, so it is not loaded; {fix}") from None
+            found = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+            reason = f"UnpicklingError: {found.group(1)}; the file may be truncated or corrupt" if found else _reason(exc)
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({reason}); {fix}") from None
         except Exception as exc:  # any unreadable file: pickle, zip or torch errors alike
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: {exc}); {FIX}") from None
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_reason(exc)}); {fix}") from None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or any(k not in state for k in GAUSSIAN_KEYS):
         keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: a PyTorch checkpoint, but not one of this trainer (no Gaussian model in it; "
-                              f"top-level keys: {keys}); {FIX}")
+                              f"top-level keys: {keys}); {fix}")
     for key in GAUSSIAN_KEYS:
         t = state[key]
         bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
@@ -60,6 +74,15 @@ def read_checkpoint(path, sh_degree: Optional[int] = None) -> dict:
             raise CheckpointError(f"{path}: holds SH degree {degree} but --model.sh_degree is {sh_degree}; "
                                   f"pass --model.sh_degree {degree} (or the run's config.yaml)")
     return ckpt
+
+
+def _reason(exc: Exception) -> str:
+    """The first sentence of an exception, short (torch's zip errors run to several sentences)."""
+    text = " ".join(str(exc).split())
+    first = text.split(". ")[0].rstrip(".")
+    if len(first) > 150:
+        first = first[:150] + "..."
+    return f"{type(exc).__name__}: {first}; the file may be truncated or corrupt" if first else type(exc).__name__
 
 
 __all__ = ["CheckpointError", "read_checkpoint", "GAUSSIAN_KEYS"]

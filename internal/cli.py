@@ -95,6 +95,9 @@ class GSCLI(LightningCLI):
                             help="refresh checkpoints/last.ckpt every this many steps (for resuming)")
         parser.add_argument("--appearance_group", type=Optional[str], default=None,
                             help="appearance group whose look PLY exports carry (AppearanceMLPRenderer; default: the first group)")
+        parser.add_argument("--viewer", type=bool, nargs="?", const=True, default=False,
+                            help="serve the web viewer on the model in training (internal/viewer/live.py)")
+        parser.add_argument("--viewer_port", type=int, default=8080, help="port of the live viewer's page")
 
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the checkpoint's hyperparameters here, before anything of ours runs: check
@@ -140,6 +143,7 @@ class GSCLI(LightningCLI):
         if self.subcommand == "fit":
             check(all(s > 0 for s in cfg.save_steps), "--save_steps", f"must be positive steps, got {cfg.save_steps}")
             check(cfg.checkpoint_every > 0, "--checkpoint_every", f"must be > 0 steps, got {cfg.checkpoint_every}")
+            check(1 <= cfg.viewer_port <= 65535, "--viewer_port", f"must be a port number 1..65535, got {cfg.viewer_port}")
 
     def instantiate_trainer(self, **kwargs):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -150,6 +154,10 @@ class GSCLI(LightningCLI):
             SaveAtSteps(cfg.save_steps, cfg.get("appearance_group")),
             WriteCameras(),
         ]
+        if cfg.get("viewer") and self.subcommand in (None, "fit"):
+            from .viewer.live import LiveViewer  # viser is imported only when the viewer is asked for
+
+            extra.append(LiveViewer(port=cfg.viewer_port))
         user = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         kwargs["callbacks"] = extra + (list(user) if isinstance(user, (list, tuple)) else [user])
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
@@ -236,6 +244,7 @@ def main(args=None) -> None:
     from .guidance import GuidanceError
     from .module import NonFiniteLossError
     from .splats import PlyFormatError
+    from .viewer.app import PortInUseError
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
@@ -248,7 +257,7 @@ def main(args=None) -> None:
         print(f"error: {parse_error_line(exc, list(sys.argv[1:] if args is None else args))}", file=sys.stderr)
         sys.exit(1)
     except (DatasetError, PlyFormatError, NonFiniteLossError, ConfigError, CheckpointError, GuidanceError,
-            MisconfigurationException) as exc:
+            MisconfigurationException, PortInUseError) as exc:
         if os.environ.get("GS_TRACEBACK") == "1":
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -14,7 +14,6 @@ import importlib
 import json
 import math
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checkpoints import CheckpointError, read_checkpoint
 from .rasterize import RenderOutput, rasterize
 from .splats import PlyFormatError, Splats, load_from_ply
 
 _ACCEPTED = "a checkpoint of ours (*.ckpt), an output folder (outputs/<name>) or a Gaussian .ply"
+_CHECKPOINT_FIX = ("pass another checkpoint training wrote (outputs/<name>/checkpoints/*.ckpt), the output folder, or its "
+                   "exported point_cloud/iteration_*/point_cloud.ply")
 _GAUSSIAN_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
 
 
@@ -45,10 +47,10 @@ class LoadedModel:
     background: tuple[float, float, float]  # the training background when known, else (0,0,0)
     renderer: torch.nn.Module | None  # the checkpoint's renderer rebuilt with its weights (None for a .ply)
     appearance_groups: list[str]  # group names when the renderer has an appearance model, else []
-    # The checkpoint's other per-Gaussian parameters (GaussianModel.add_parameter: e.g. an appearance
-    # model's features), rows in the order of `splats`; the renderer reads them by name.
+    # The checkpoint's other per-Gaussian parameters (e.g. an appearance model's features), rows in the
+    # order of `splats` (sort_by_visibility reorders them with the splats); the renderer reads them by name.
     extras: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    # Activated tensors for rasterize(), reused while the splats are unchanged (see _activated).
+    # Activated tensors for rasterize(), reused while the splats are unchanged (see activated_gaussians).
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -182,22 +184,14 @@ def read_cameras_json(path: Path) -> list[dict] | None:
 
 def _load_checkpoint(source: Path, device) -> LoadedModel:
     try:
-        ckpt = _torch_load(source)
-    except Exception as exc:  # torch raises many types for damaged files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(
-            f"{source}: not a readable checkpoint ({reason[:160]}); it may be truncated or corrupt: "
-            "pick another one in checkpoints/ or the exported point_cloud/iteration_*/point_cloud.ply"
-        ) from exc
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or any(f"gaussians.{k}" not in state for k in _GAUSSIAN_KEYS):
-        raise ModelLoadError(
-            f"{source}: a torch file, but not a checkpoint of this project's model (no gaussians.* weights); "
-            f"pass {_ACCEPTED}"
-        )
-    g = {k: state[f"gaussians.{k}"].detach().to(torch.float32) for k in _GAUSSIAN_KEYS}
+        ckpt = read_checkpoint(source, fix=_CHECKPOINT_FIX, weights_only=True)  # readable, ours, finite Gaussians
+    except CheckpointError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    state = ckpt["state_dict"]
+    # Copies: the checkpoint is memory-mapped, and the model must not depend on the file staying as it is.
+    g = {k: state[f"gaussians.{k}"].detach().to(torch.float32).clone() for k in _GAUSSIAN_KEYS}
     n = g["means"].shape[0]
-    extras = {k[len("gaussians."):]: v.detach().to(torch.float32) for k, v in state.items()
+    extras = {k[len("gaussians."):]: v.detach().to(torch.float32).clone() for k, v in state.items()
               if k.startswith("gaussians.") and k[len("gaussians."):] not in _GAUSSIAN_KEYS
               and isinstance(v, Tensor) and v.is_floating_point() and v.dim() >= 1 and v.shape[0] == n}
     active = state.get("gaussians.active_sh_degree")
@@ -207,10 +201,6 @@ def _load_checkpoint(source: Path, device) -> LoadedModel:
     shN = g["shN"][:, : (degree + 1) ** 2 - 1]
     splats = Splats(means=g["means"], quats=g["quats"], scales=g["scales"], opacities=g["opacities"].reshape(-1),
                     sh0=g["sh0"], shN=shN)
-    for name in _GAUSSIAN_KEYS:
-        t = getattr(splats, "shN" if name == "shN" else name)
-        if not torch.isfinite(t).all():
-            raise ModelLoadError(f"{source}: NaN/inf values in the Gaussians' {name}; the run diverged: load an earlier checkpoint")
     bg = state.get("scene_background")
     background = tuple(float(v) for v in bg.reshape(-1)[:3]) if isinstance(bg, Tensor) and bg.numel() >= 3 else (0.0, 0.0, 0.0)
     renderer = _rebuild_renderer(source, ckpt, state)
@@ -290,7 +280,7 @@ def load_model(path, device="cpu") -> LoadedModel:
 
 # ---------------------------------------------------------------- rendering
 
-def _activated(model: LoadedModel):
+def activated_gaussians(model: LoadedModel):
     """(means, unit quats, scales, opacities, sh) of the model's splats, cached while they are unchanged.
 
     The key holds the tensors' identities and version counters, so in-place updates (a live training run
@@ -337,6 +327,7 @@ def render_view(
     near: float = 0.01,
     far: float = 1e10,
     backend: str = "auto",
+    max_gaussians: int | None = None,
 ) -> RenderOutput:
     """Render one view of a loaded model.
 
@@ -351,6 +342,8 @@ def render_view(
         scaling_modifier: multiplies every Gaussian's scale (1 = as trained).
         near, far: depth range of the Gaussians drawn.
         backend: rasterizer backend ("auto": gsplat on CUDA, else our native CPU rasterizer).
+        max_gaussians: draw only the first this many Gaussians (a zero-copy prefix; the viewer orders a
+            model by visibility with sort_by_visibility and draws fewer while the camera moves).
     Returns:
         RenderOutput with colors (1,H,W,3) on the background, alphas (1,H,W,1), depths (1,H,W,1) expected
         depth (0 where nothing was drawn), means2d, radii.
@@ -365,7 +358,10 @@ def render_view(
     degree = available if sh_degree is None else int(sh_degree)
     if not 0 <= degree <= available:
         raise ValueError(f"sh_degree={sh_degree}, but this model carries SH degree 0..{available}")
-    means, quats, scales, opacities, sh = _activated(model)
+    means, quats, scales, opacities, sh = activated_gaussians(model)
+    if max_gaussians is not None and 0 <= int(max_gaussians) < means.shape[0]:
+        k = int(max_gaussians)
+        means, quats, scales, opacities, sh = means[:k], quats[:k], scales[:k], opacities[:k], sh[:k]
     device, dtype = means.device, means.dtype
     viewmat = torch.as_tensor(viewmat, dtype=dtype, device=device).reshape(1, 4, 4)
     K = torch.as_tensor(K, dtype=dtype, device=device).reshape(1, 3, 3)
@@ -381,6 +377,26 @@ def render_view(
                                      bg, group or 0, near, far, backend)
     return rasterize(means, quats, scales, opacities, sh, viewmat, K, width, height, near=near, far=far,
                      sh_degree=degree, backgrounds=bg, backend=backend)
+
+
+def visibility_score(opacities: Tensor, scales: Tensor) -> Tensor:
+    """How much an (activated) Gaussian shows: opacity x the area of its footprint (geometric-mean scale squared)."""
+    return opacities * torch.exp(torch.log(scales.clamp_min(1e-12)).mean(dim=-1) * 2.0)
+
+
+@torch.no_grad()
+def sort_by_visibility(model: LoadedModel) -> LoadedModel:
+    """The model with its Gaussians reordered, most visible first (the picture is the same: the rasterizer
+    sorts by depth), so that any prefix (render_view's max_gaussians) holds the ones that show most."""
+    _, _, scales, opacities, _ = activated_gaussians(model)
+    order = torch.argsort(visibility_score(opacities, scales), descending=True, stable=True)
+    s = model.splats
+    splats = Splats(means=s.means[order], quats=s.quats[order], scales=s.scales[order], opacities=s.opacities[order],
+                    sh0=s.sh0[order], shN=s.shN[order], normals=None if s.normals is None else s.normals[order])
+    return LoadedModel(splats=splats, source=model.source, step=model.step, cameras=model.cameras,
+                       background=model.background, renderer=model.renderer,
+                       appearance_groups=list(model.appearance_groups),
+                       extras={k: v[order.to(v.device)] for k, v in model.extras.items()})
 
 
 class _GaussiansView:
@@ -474,7 +490,7 @@ def look_at(eye, target, up) -> np.ndarray:
     eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
     z = target - eye
     z /= max(np.linalg.norm(z), 1e-12)
-    x = np.cross(z, -up)
+    x = np.cross(z, up)  # right = forward x up; then down = forward x right
     if np.linalg.norm(x) < 1e-9:  # looking along `up`: any perpendicular will do
         x = np.cross(z, np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0]))
     x /= np.linalg.norm(x)
@@ -517,5 +533,5 @@ def default_view(model: LoadedModel, fov_y: float = math.radians(50.0)) -> tuple
 __all__ = [
     "ModelLoadError", "LoadedModel", "resolve_model_path", "load_model", "render_view", "checkpoint_step",
     "read_cameras_json", "check_appearance_group", "camera_entry_c2w", "intrinsics", "robust_bounds", "look_at",
-    "estimate_up", "default_view",
+    "estimate_up", "default_view", "activated_gaussians", "visibility_score", "sort_by_visibility",
 ]

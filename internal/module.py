@@ -27,6 +27,7 @@ from .density import DensityController
 from .errors import check
 from .gaussians import GaussianModel
 from .guidance import Guidance
+from .loss import photometric_loss
 from .optim import create_optimizer, exp_lr
 from .renderers import VanillaRenderer
 
@@ -174,10 +175,7 @@ class GaussianSplatting(lightning.LightningModule):
             out.means2d.retain_grad()
         pred = out.colors[0]
         mask = batch.mask
-        l1 = metrics.l1(pred, gt, mask)
-        ssim = metrics.ssim(pred, gt, mask)
-        lam = self.opt.ssim_weight
-        loss = (1.0 - lam) * l1 + lam * (1.0 - ssim)
+        loss = photometric_loss(pred, gt, mask, self.opt.ssim_weight)  # (1-λ)·L1 + λ·(1-SSIM), fused on the CPU
         # Its own novel-view renders: the photometric view's means2d gradient (densification) is untouched.
         guided = self.guidance(step, self.renderer, self.gaussians, background, self.generator) if self.guidance is not None else None
         if guided is not None:

@@ -14,19 +14,12 @@ from internal.loading import (
     LoadedModel, ModelLoadError, default_view, intrinsics, load_model, render_view, resolve_model_path,
 )
 from internal.renderers import VanillaRenderer
-from viewer_helpers import train_tiny
+from viewer_helpers import tiny_run_fixture, with_groups
 
-STEPS = 40
+STEPS = 60  # viewer_helpers.tiny_run_fixture's default: one training serves every viewer test module
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setattr("sys.argv", ["main.py"])  # LightningCLI warns when both sys.argv and args are given
-    try:
-        yield train_tiny(tmp_path_factory.mktemp("loading"), steps=STEPS)
-    finally:
-        mp.undo()
+run = tiny_run_fixture(steps=STEPS)
 
 
 def test_output_folder_loads_its_checkpoint(run):
@@ -114,25 +107,8 @@ def test_render_view_errors(run):
         render_view(model, np.full((4, 4), np.nan), K, 16, 16)
 
 
-class GroupRenderer(torch.nn.Module):
-    """A stand-in for an appearance renderer (CONTRACTS.md 3): group_names and cameras.appearance_id."""
-
-    group_names = ["morning", "evening"]
-
-    def forward(self, gaussians, cameras, background, sh_degree=None):
-        from internal.rasterize import rasterize
-
-        self.seen = int(cameras.appearance_id[0])
-        out = rasterize(gaussians.get_means(), gaussians.get_quats(), gaussians.get_scales(),
-                        gaussians.get_opacities(), gaussians.get_sh(), cameras.viewmats(), cameras.Ks(),
-                        int(cameras.width[0]), int(cameras.height[0]), sh_degree=sh_degree, backgrounds=background)
-        out.colors = out.colors * (0.5 if self.seen == 1 else 1.0)
-        return out
-
-
 def test_appearance_group_goes_through_the_renderer(run):
-    model = load_model(run)
-    model.renderer, model.appearance_groups = GroupRenderer(), list(GroupRenderer.group_names)
+    model = with_groups(load_model(run))
     c2w, fov = default_view(model)
     w2c, K = np.linalg.inv(c2w), intrinsics(fov, 32, 32)
     plain = render_view(model, w2c, K, 32, 32)
@@ -173,21 +149,47 @@ def test_resolve_errors(tmp_path, make, message):
     assert str(target) in str(err.value) and message in str(err.value) and "\n" not in str(err.value)
 
 
+def _ran():
+    _CallsCode.ran = True
+
+
+class _CallsCode:
+    ran = False
+
+    def __reduce__(self):
+        return (_ran, ())
+
+
 def test_bad_checkpoints_give_one_line_errors(run, tmp_path):
     good = (run / "checkpoints" / "last.ckpt").read_bytes()
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(good[: len(good) // 2])
-    with pytest.raises(ModelLoadError, match="not a readable checkpoint.*truncated or corrupt") as err:
+    with pytest.raises(ModelLoadError, match="not a PyTorch checkpoint.*pass another checkpoint training wrote") as err:
         load_model(cut)
     assert str(cut) in str(err.value) and "\n" not in str(err.value)
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"layer.weight": torch.zeros(2)}}, other)
-    with pytest.raises(ModelLoadError, match="not a checkpoint of this project's model"):
+    with pytest.raises(ModelLoadError, match="not one of this trainer"):
         load_model(other)
     text = tmp_path / "text.ckpt"
     text.write_text("not a checkpoint")
-    with pytest.raises(ModelLoadError, match="not a readable checkpoint"):
+    with pytest.raises(ModelLoadError, match="not a PyTorch checkpoint"):
         load_model(text)
+    nan = tmp_path / "nan.ckpt"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt["state_dict"]["gaussians.means"][3, 1] = float("nan")
+    torch.save(ckpt, nan)
+    with pytest.raises(ModelLoadError, match="non-finite values .* in gaussians.means"):
+        load_model(nan)
+    # Tools open files from anywhere: a pickle that would call code is refused, and the code never runs.
+    ckpt["state_dict"]["gaussians.means"][3, 1] = 0.0
+    ckpt["extra"] = _CallsCode()
+    evil = tmp_path / "evil.ckpt"
+    torch.save(ckpt, evil)
+    _CallsCode.ran = False
+    with pytest.raises(ModelLoadError, match=r"evil.ckpt: refers to Python code \(.*_ran\).*not loaded"):
+        load_model(evil)
+    assert not _CallsCode.ran
     bad_ply = tmp_path / "points.ply"
     bad_ply.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 1\nproperty float x\nend_header\n" + bytes(4))
     with pytest.raises(ModelLoadError, match="missing field"):
@@ -213,3 +215,53 @@ def test_a_ply_from_elsewhere_opens_looking_at_its_content():
     # the content sits in the middle of the frame, not at an edge
     ys, xs = torch.nonzero(covered, as_tuple=True)
     assert 20 < xs.float().mean() < 76 and 12 < ys.float().mean() < 52
+
+
+def test_visibility_order_and_prefix_rendering(run):
+    from internal.loading import sort_by_visibility, visibility_score
+
+    model = load_model(run)
+    model.extras = {"row": torch.arange(model.num_gaussians, dtype=torch.float32)[:, None]}  # per-Gaussian extras
+    ordered = sort_by_visibility(model)
+    _, _, scales, opac, _ = gs.Splats.activated(ordered.splats)
+    score = visibility_score(opac, scales)
+    assert (score[:-1] >= score[1:]).all()  # most visible first
+    # Extra per-Gaussian parameters follow their Gaussians.
+    rows = ordered.extras["row"][:, 0].long()
+    torch.testing.assert_close(ordered.splats.means, model.splats.means[rows])
+    c2w, fov = default_view(model)
+    w2c, K = np.linalg.inv(c2w), intrinsics(fov, 48, 40)
+    # The same picture in another order (the rasterizer sorts by depth).
+    torch.testing.assert_close(render_view(ordered, w2c, K, 48, 40).colors, render_view(model, w2c, K, 48, 40).colors,
+                               atol=1e-5, rtol=0)
+    # max_gaussians draws exactly the prefix.
+    k = model.num_gaussians // 4
+    prefix = LoadedModel(**{**ordered.__dict__, "_cache": {}})
+    prefix.splats = gs.Splats(**{f: getattr(ordered.splats, f)[:k] for f in ("means", "quats", "scales", "opacities", "sh0", "shN")})
+    part = render_view(ordered, w2c, K, 48, 40, max_gaussians=k)
+    torch.testing.assert_close(part.colors, render_view(prefix, w2c, K, 48, 40).colors, atol=1e-6, rtol=0)
+    assert (part.radii > 0).sum() <= k
+
+
+def test_look_at_is_upright():
+    from internal.loading import look_at
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        eye, target, up = rng.normal(size=3) * 3, rng.normal(size=3), rng.normal(size=3)
+        up /= np.linalg.norm(up)
+        c2w = look_at(eye, target, up)
+        R = c2w[:3, :3]
+        np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-12)
+        assert np.linalg.det(R) > 0
+        w2c = np.linalg.inv(c2w)
+        K = intrinsics(1.0, 100, 100)
+        def pix(p):
+            q = w2c[:3, :3] @ p + w2c[:3, 3]
+            return (K @ q)[:2] / q[2]
+        u0, v0 = pix(target)
+        assert abs(u0 - 50) < 1e-6 and abs(v0 - 50) < 1e-6  # the target is in the centre
+        side = np.cross(target - eye, up)
+        if np.linalg.norm(side) > 1e-3:
+            assert pix(target + 0.1 * up)[1] < 50  # what is up is drawn higher (smaller row)
+            assert pix(target + 0.1 * side / np.linalg.norm(side))[0] > 50  # forward x up is to the right

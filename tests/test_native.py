@@ -17,7 +17,8 @@ legitimately exceed those bands; the comparison identifies them explicitly and b
   then leaves an absolute error proportional to the terms, not to the result. `assert_grads_close`
   requires rtol 1e-3 / atol 1e-4 for all but a fraction 1e-4 of the elements (at least 3 allowed), and those
   few within 1e-4 of the tensor's largest magnitude (the size of the cancelled terms).
-All other elements must meet the contract's tolerances exactly.
+All other elements must meet the contract's tolerances exactly. The helpers live in tests/raster_helpers.py,
+shared with the gsplat backend's tests (tests/test_gsplat.py).
 
 The whole file runs in well under a minute on 2 cores; the torch reference dominates it.
 """
@@ -30,15 +31,27 @@ import subprocess
 import sys
 from contextlib import contextmanager
 
-import numpy as np
 import pytest
 import torch
 
 from internal.rasterize import native, rasterize, reference
-from internal.rasterize.projection import SH_C0, project_gaussians, view_colors
+from internal.rasterize.projection import project_gaussians, view_colors
 
-from tests.conftest import REPO, shared_path
-from tests.threshold_margins import ambiguous_composite_pixels, ambiguous_gaussians, ambiguous_pixels
+from tests.conftest import REPO
+from tests.raster_helpers import (
+    AMBIGUOUS_PIXEL_FRACTION,
+    PARAMS,
+    assert_all_grads_close,
+    assert_grads_close,
+    assert_images_close,
+    assert_outputs_close,
+    drop_ambiguous_gaussians,
+    garden_scene,
+    random_scene,
+    run,
+    without_ambiguous,
+)
+from tests.threshold_margins import ambiguous_composite_pixels
 
 if not native.available():  # pragma: no cover
     pytest.skip(
@@ -64,167 +77,6 @@ def kernels(level):
         native._C = saved
 
 
-AMBIGUOUS_GAUSSIAN_FRACTION = 0.005
-AMBIGUOUS_PIXEL_FRACTION = 0.05
-GRAD_OUTLIER_FRACTION = 1e-4
-
-
-# ------------------------------------------------------------------------------------------------
-# Comparison helpers
-
-
-def assert_images_close(name, got, want, ambiguous=None, tol=1e-4):
-    """Every pixel outside `ambiguous` (C,H,W) within `tol` (per channel)."""
-    diff = (got - want).abs()
-    if diff.dim() > 3:
-        diff = diff.amax(dim=-1)  # per pixel
-    if ambiguous is not None:
-        diff = diff.masked_fill(ambiguous.reshape(diff.shape), 0.0)
-    bad = int((diff > tol).sum())
-    assert bad == 0, f"{name}: {bad} pixels differ by more than {tol} (max {diff.max():.3g}) away from any threshold"
-
-
-def assert_grads_close(name, got, want, rtol=1e-3, atol=1e-4):
-    assert got is not None and want is not None, f"{name}: missing gradient"
-    assert torch.isfinite(got).all(), f"{name}: non-finite gradient"
-    err = (got - want).abs()
-    bad = err > atol + rtol * want.abs()
-    n_bad = int(bad.sum())
-    allowed = max(3, int(GRAD_OUTLIER_FRACTION * want.numel()))
-    scale = float(want.abs().max()) if want.numel() else 0.0
-    assert n_bad <= allowed, (
-        f"{name}: {n_bad}/{want.numel()} elements outside rtol {rtol}/atol {atol} (allowed {allowed}); "
-        f"max err {float(err.max()):.3g}, max |grad| {scale:.3g}"
-    )
-    if n_bad:
-        worst = float(err[bad].max())
-        assert worst <= atol + 1e-4 * scale, f"{name}: outlier error {worst:.3g} beyond 1e-4 of max |grad| {scale:.3g}"
-
-
-# ------------------------------------------------------------------------------------------------
-# Scenes
-
-
-def random_rotation(g):
-    q = torch.randn(4, generator=g, dtype=torch.float64)
-    q = q / q.norm()
-    w, x, y, z = q.tolist()
-    return torch.tensor([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def random_scene(seed, n=300, cameras=2, width=61, height=47, sh_degree=3, colors="sh"):
-    """Gaussians around the origin seen by cameras on a sphere of radius ~5, each with its own intrinsics."""
-    g = torch.Generator().manual_seed(seed)
-    means = torch.randn(n, 3, generator=g) * 1.2
-    scales = torch.exp(torch.empty(n, 3).uniform_(math.log(0.02), math.log(0.4), generator=g))
-    quats = torch.randn(n, 4, generator=g)
-    opacities = torch.rand(n, generator=g) * 0.98 + 0.01
-    if colors == "sh":
-        coeffs = torch.randn(n, (sh_degree + 1) ** 2, 3, generator=g) * 0.3
-        coeffs[:, 0] = (torch.rand(n, 3, generator=g) - 0.5) / SH_C0
-    elif colors == "rgb":
-        coeffs, sh_degree = torch.rand(n, 3, generator=g), None
-    else:  # per-camera colours
-        coeffs, sh_degree = torch.rand(cameras, n, 3, generator=g), None
-    viewmats, Ks = [], []
-    for c in range(cameras):
-        rot = random_rotation(g).float() if c else torch.eye(3)
-        vm = torch.eye(4)
-        vm[:3, :3] = rot
-        vm[:3, 3] = torch.tensor([0.1 * c, -0.2 * c, 5.0 + c])
-        viewmats.append(vm)
-        f = 40.0 + 15.0 * c
-        Ks.append(torch.tensor([[f, 0.0, width / 2 + 3 * c], [0.0, f * 1.1, height / 2 - 2 * c], [0.0, 0.0, 1.0]]))
-    return dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=coeffs,
-                viewmats=torch.stack(viewmats), Ks=torch.stack(Ks), width=width, height=height, sh_degree=sh_degree)
-
-
-def garden_scene(every=1, downscale=1):
-    """gsplat's garden points: scales from the 3 nearest neighbours, seeded rotations/opacities, SH degree 3."""
-    from scipy.spatial import cKDTree
-
-    d = np.load(shared_path("gsplat_test_garden", "test_garden.npz"))
-    pts = d["means3d"].astype(np.float64)
-    dist, _ = cKDTree(pts).query(pts, k=4)
-    keep = slice(None, None, every)
-    pts, rgb = pts[keep], d["colors"][keep].astype(np.float64) / 255.0
-    scale = np.maximum(dist[keep, 1:].mean(axis=1), 1e-7)
-    g = torch.Generator().manual_seed(0)
-    n = pts.shape[0]
-    coeffs = torch.randn(n, 16, 3, generator=g) * 0.1
-    coeffs[:, 0] = (torch.from_numpy(rgb).float() - 0.5) / SH_C0
-    Ks = torch.from_numpy(d["Ks"]).float().clone()
-    Ks[:, :2, :] /= downscale
-    quats = torch.randn(n, 4, generator=g)
-    opacities = torch.rand(n, generator=g) * 0.9 + 0.05
-    # Anisotropic, as trained Gaussians are. With one scale on all three axes the covariance does not
-    # depend on the rotation, the exact quats gradient is 0, and what float32 gives instead is rounding
-    # noise of cancelling terms (~1e-4 here) that changes with the CPU's BLAS/ATen code path: comparing
-    # two backends' noise was issue 9's failure on Intel Xeons. Each axis gets a factor in [1/2, 2].
-    aniso = torch.exp(torch.empty(n, 3).uniform_(-math.log(2.0), math.log(2.0), generator=g))
-    return dict(means=torch.from_numpy(pts).float(), quats=quats,
-                scales=torch.from_numpy(scale).float()[:, None] * aniso,
-                opacities=opacities, colors=coeffs,
-                viewmats=torch.from_numpy(d["viewmats"]).float(), Ks=Ks,
-                width=int(d["width"]) // downscale, height=int(d["height"]) // downscale, sh_degree=3)
-
-
-PARAMS = ("means", "quats", "scales", "opacities", "colors")
-
-
-def run(scene, backend, cameras=None, backgrounds=None, grad=True, seed=11, ignore=None):
-    """rasterize() with leaf copies of the Gaussian parameters; returns (output, grads by name).
-
-    The loss weighs every output pixel with a seeded random weight, except the pixels in `ignore` (C,H,W).
-    """
-    sl = slice(None) if cameras is None else cameras
-    leaves = {k: scene[k].detach().clone().requires_grad_(grad) for k in PARAMS}
-    out = rasterize(leaves["means"], leaves["quats"], leaves["scales"], leaves["opacities"], leaves["colors"],
-                    scene["viewmats"][sl], scene["Ks"][sl], scene["width"], scene["height"],
-                    sh_degree=scene["sh_degree"], backgrounds=backgrounds, backend=backend)
-    if not grad:
-        return out, {}
-    out.means2d.retain_grad()
-    g = torch.Generator().manual_seed(seed)
-    keep = 1.0 if ignore is None else (~ignore)[..., None].float()
-    loss = ((out.colors * torch.rand(out.colors.shape, generator=g) * keep).sum()
-            + (out.alphas * torch.rand(out.alphas.shape, generator=g) * keep).sum()
-            + (out.depths * torch.rand(out.depths.shape, generator=g) * keep).sum() * 0.1)
-    if not loss.requires_grad:  # nothing drawn and nothing differentiable (e.g. no Gaussians at all)
-        return out, {}
-    loss.backward()
-    grads = {k: v.grad for k, v in leaves.items()}
-    grads["means2d"] = out.means2d.grad
-    return out, grads
-
-
-def drop_ambiguous_gaussians(scene, cameras=None):
-    """The scene less its Gaussians with a projection decision within float32 rounding of a threshold
-    (tests/threshold_margins.py); at most AMBIGUOUS_GAUSSIAN_FRACTION of them."""
-    sl = slice(None) if cameras is None else cameras
-    n = scene["means"].shape[0]
-    drop = ambiguous_gaussians(scene, sl)
-    assert int(drop.sum()) <= int(AMBIGUOUS_GAUSSIAN_FRACTION * n), (
-        f"{int(drop.sum())} of {n} Gaussians have a decision within rounding of a threshold: choose another scene")
-    if not drop.any():
-        return scene
-    keep = ~drop
-    return dict(scene, **{k: scene[k][keep] if scene[k].shape[0] == n else scene[k][:, keep] for k in PARAMS})
-
-
-def without_ambiguous(scene, cameras=None, min_effect=0.0):
-    """drop_ambiguous_gaussians, and the (C,H,W) pixels with a compositing decision within float32
-    rounding of a threshold (that can move the pixel by at least `min_effect`)."""
-    scene = drop_ambiguous_gaussians(scene, cameras)
-    pixels = ambiguous_pixels(scene, slice(None) if cameras is None else cameras, min_effect)
-    assert pixels.float().mean() <= AMBIGUOUS_PIXEL_FRACTION, f"{int(pixels.sum())} ambiguous pixels of {pixels.numel()}"
-    return scene, pixels
-
-
 def compare(scene, cameras=None, backgrounds=None, grad=True):
     """rasterize() with the cpu backend, at every compiled level, against the torch reference."""
     scene, ambiguous = without_ambiguous(scene, cameras)
@@ -233,19 +85,8 @@ def compare(scene, cameras=None, backgrounds=None, grad=True):
         with kernels(level):
             got, ggot = run(scene, "cpu", cameras, backgrounds, grad, ignore=ambiguous)
         assert torch.equal(ref.radii, got.radii), f"[{level}] {int((ref.radii != got.radii).sum())} radii differ"
-        assert_images_close(f"[{level}] colors", got.colors, ref.colors, ambiguous)
-        assert_images_close(f"[{level}] alphas", got.alphas, ref.alphas, ambiguous)
-        # Expected depth divides by alpha: compare the depth channel where alpha is not tiny.
-        solid = ref.alphas > 0.05
-        assert_images_close(f"[{level}] depths", (got.depths * solid), (ref.depths * solid), ambiguous, tol=1e-3)
-        for k in set(gref) | set(ggot):
-            g_ref = gref.get(k)
-            g_got = ggot.get(k)
-            if g_ref is None or g_got is None:  # one side has no graph at all: the other must be all zero
-                other = g_ref if g_got is None else g_got
-                assert other is None or not other.abs().any(), f"[{level}] {k}"
-                continue
-            assert_grads_close(f"[{level}] {k}", g_got, g_ref)
+        assert_outputs_close(f"[{level}]", ref, got, ambiguous)
+        assert_all_grads_close(f"[{level}]", gref, ggot)
     return ref, got
 
 

@@ -92,21 +92,26 @@ def ambiguous_gaussians(scene: dict, cams=slice(None)) -> Tensor:
         return amb.any(0)
 
 
-def ambiguous_pixels(scene: dict, cams=slice(None), min_effect: float = 0.0) -> Tensor:
+def ambiguous_pixels(scene: dict, cams=slice(None), min_effect: float = 0.0, alpha_max: float = 0.99,
+                     radii_fn=None) -> Tensor:
     """(C,H,W) bool: pixels where a compositing decision lies within float32 rounding of its threshold,
     for rasterize() on `scene` (the projection's float32 error included).
 
     min_effect > 0 keeps only the decisions that can move the pixel's alpha by at least that much (a
     flipped Gaussian changes alpha by at most 2 alpha_i T_i: its own term and the scaling of the later
     ones); comparisons of forward values with a tolerance use it. Gradient comparisons use 0: any flip
-    changes the gradient of the Gaussians involved."""
+    changes the gradient of the Gaussians involved. alpha_max and radii_fn(means2d, conics, depths, radii,
+    width, height) -> radii describe another rasterizer's rules (gsplat's: tests/raster_helpers.py)."""
     with torch.no_grad():
         m2, con, depths, radii = _project64(scene, cams)
+        if radii_fn is not None:
+            radii = radii_fn(m2, con, depths, radii, scene["width"], scene["height"])
         return ambiguous_composite_pixels(m2, con, scene["opacities"], depths, radii, scene["width"], scene["height"],
-                                          min_effect)
+                                          min_effect, alpha_max)
 
 
-def ambiguous_composite_pixels(means2d, conics, opacities, depths, radii, width, height, min_effect=0.0) -> Tensor:
+def ambiguous_composite_pixels(means2d, conics, opacities, depths, radii, width, height, min_effect=0.0,
+                               alpha_max=0.99) -> Tensor:
     """(C,H,W) bool: the same for compositing alone, on given screen-space inputs (opacities (N,) or (C,N))."""
     with torch.no_grad():
         C, N = radii.shape
@@ -114,11 +119,12 @@ def ambiguous_composite_pixels(means2d, conics, opacities, depths, radii, width,
         op = opacities.double().expand(C, N) if opacities.dim() == 1 else opacities.double()
         out = torch.zeros(C, height * width, dtype=torch.bool)
         for ci in range(C):
-            out[ci] = _pixels_of_camera(m2[ci], con[ci], op[ci], depths[ci].double(), radii[ci], width, height, min_effect)
+            out[ci] = _pixels_of_camera(m2[ci], con[ci], op[ci], depths[ci].double(), radii[ci], width, height, min_effect,
+                                        alpha_max)
         return out.reshape(C, height, width)
 
 
-def _pixels_of_camera(m2, con, op, depths, radii, W, H, min_effect, tile=16, max_elements=1 << 22):
+def _pixels_of_camera(m2, con, op, depths, radii, W, H, min_effect, alpha_max, tile=16, max_elements=1 << 22):
     ids, offsets = reference.bin_gaussians(m2, radii, depths, W, H, tile)
     tiles_x = (W + tile - 1) // tile
     flags = torch.zeros(H * W, dtype=torch.bool)
@@ -140,11 +146,11 @@ def _pixels_of_camera(m2, con, op, depths, radii, W, H, min_effect, tile=16, max
         col = (tiles % tiles_x)[:, None] * tile + loc[None] % tile  # (B,P)
         row = (tiles // tiles_x)[:, None] * tile + loc[None] // tile
         pix_ok = (col < W) & (row < H)
-        flags[(row * W + col)[pix_ok][_batch_flags(m2, con, op, g, valid, col, row, min_effect)[pix_ok]]] = True
+        flags[(row * W + col)[pix_ok][_batch_flags(m2, con, op, g, valid, col, row, min_effect, alpha_max)[pix_ok]]] = True
     return flags
 
 
-def _batch_flags(m2, con, op, g, valid, col, row, min_effect):
+def _batch_flags(m2, con, op, g, valid, col, row, min_effect, alpha_max):
     """(B,P) bool for B tiles of P pixels with Gaussians g (B,K) in depth order."""
     # Only pairs with alpha above ~1/255 can be drawn or lie near any threshold (the error bounds below
     # are far below 0.5 in log alpha): find them in float32 (its error is far below that margin), then
@@ -171,7 +177,7 @@ def _batch_flags(m2, con, op, g, valid, col, row, min_effect):
     S = 0.5 * (ca.abs() * dx * dx + cc.abs() * dy * dy) + (cb * dx * dy).abs()
     grad = (ca * dx + cb * dy).abs() + (cb * dx + cc * dy).abs()
     e_p = SAFETY * 16 * EPS32 * (S + grad * (m2[gk].abs().sum(-1) + 1) + 1)
-    alpha = torch.exp(log_a).clamp(max=0.99)
+    alpha = torch.exp(log_a).clamp(max=alpha_max)
     drawn = (power <= 0) & (alpha >= 1.0 / 255.0)
     log1m = torch.where(drawn, torch.log1p(-alpha), torch.zeros_like(alpha))
     # Relative float32 error of T after each Gaussian: each factor (1 - alpha) carries alpha's error.
@@ -182,7 +188,7 @@ def _batch_flags(m2, con, op, g, valid, col, row, min_effect):
     log_t_before = log_t_after - log1m
     near = ((power.abs() < e_p)
             | ((log_a - _LOG_ALPHA_MIN).abs() < e_p)
-            | ((log_a - _LOG_ALPHA_MAX).abs() < e_p)
+            | ((log_a - math.log(alpha_max)).abs() < e_p)
             | (drawn & ((log_t_after - _LOG_T_MIN).abs() < e_logT)))
     near &= log_t_before >= _LOG_T_MIN  # decisions after the pixel stopped are never made
     if min_effect > 0:
@@ -205,7 +211,6 @@ def _segment_cumsum(x: Tensor, seg: Tensor) -> Tensor:
 
 
 _LOG_ALPHA_MIN = math.log(1.0 / 255.0)
-_LOG_ALPHA_MAX = math.log(0.99)
 _LOG_T_MIN = math.log(1e-4)
 
 

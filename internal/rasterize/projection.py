@@ -179,17 +179,36 @@ def project_gaussians(
     det_safe = torch.where(valid, det, torch.ones_like(det))
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)
     means2d = torch.stack([fx * u + cx, fy * v + cy], dim=-1)
-    with torch.no_grad():
-        mid = 0.5 * (a + c)
-        lam = mid + torch.sqrt(torch.clamp(mid * mid - det, min=0.1))
-        radius = torch.ceil(3.0 * torch.sqrt(lam))
-        radius = torch.where(valid & torch.isfinite(radius), radius, torch.zeros_like(radius))
-        # Bound before the int cast: a Gaussian wider than any image is clamped to the tile grid anyway.
-        radius = radius.clamp(max=float(4 * max(width, height) + 4 * tile_size))
-        radii = radius.to(torch.int32)
-        x0, x1, y0, y1 = tile_bounds(means2d, radii, width, height, tile_size)
-        radii = torch.where((x1 - x0) * (y1 - y0) > 0, radii, torch.zeros_like(radii))
+    radii = screen_radii(a, b, c, means2d, valid, width, height, tile_size)
     return means2d, conics, z, radii
+
+
+@torch.no_grad()
+def screen_radii(a: Tensor, b: Tensor, c: Tensor, means2d: Tensor, valid: Tensor, width: int, height: int,
+                 tile_size: int = 16) -> Tensor:
+    """The contract's screen radius (docs/rasterizer.md), int32, 0 = culled.
+
+    a, b, c: the dilated 2D covariance [[a, b], [b, c]] (0.3 px already added), (...); means2d (...,2);
+    valid: False where the Gaussian is already culled (depth range, det <= 0). A Gaussian whose tile
+    rectangle is empty is culled too.
+    """
+    radii = radius_from_cov2d(a, b, c, valid, width, height, tile_size)
+    x0, x1, y0, y1 = tile_bounds(means2d, radii, width, height, tile_size)
+    return torch.where((x1 - x0) * (y1 - y0) > 0, radii, torch.zeros_like(radii))
+
+
+@torch.no_grad()
+def radius_from_cov2d(a: Tensor, b: Tensor, c: Tensor, valid: Tensor, width: int, height: int,
+                      tile_size: int = 16) -> Tensor:
+    """ceil(3 sqrt(largest eigenvalue)) of the dilated 2D covariance, int32, 0 where not `valid`."""
+    det = a * c - b * b
+    mid = 0.5 * (a + c)
+    lam = mid + torch.sqrt(torch.clamp(mid * mid - det, min=0.1))
+    radius = torch.ceil(3.0 * torch.sqrt(lam))
+    radius = torch.where(valid & torch.isfinite(radius), radius, torch.zeros_like(radius))
+    # Bound before the int cast: a Gaussian wider than any image is clamped to the tile grid anyway.
+    radius = radius.clamp(max=float(4 * max(width, height) + 4 * tile_size))
+    return radius.to(torch.int32)
 
 
 def check_finite_tensor(name: str, t: Tensor) -> None:
@@ -207,6 +226,8 @@ __all__ = [
     "camera_centers",
     "view_colors",
     "tile_bounds",
+    "screen_radii",
+    "radius_from_cov2d",
     "project_gaussians",
     "check_finite_tensor",
 ]

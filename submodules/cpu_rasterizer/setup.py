@@ -27,7 +27,7 @@ import platform
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
-SOURCES = [os.path.join("csrc", f) for f in ("bindings.cpp", "composite.cpp", "projection.cpp", "sh.cpp")]
+SOURCES = [os.path.join("csrc", f) for f in ("bindings.cpp", "composite.cpp", "projection.cpp", "sh.cpp", "loss.cpp")]
 X86_LEVELS = ("x86-64", "x86-64-v3", "x86-64-v4")
 
 

@@ -19,6 +19,8 @@ std::vector<at::Tensor> project_backward(const at::Tensor&, const at::Tensor&, c
 at::Tensor sh_forward(const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&);
 std::vector<at::Tensor> sh_backward(const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
                                     const at::Tensor&);
+std::vector<at::Tensor> l1_ssim_loss(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                     double, double, bool);
 }  // namespace cpu_rasterizer
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -39,6 +41,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sh_forward", &cr::sh_forward, release(), "(means, coeffs, degree, viewmats) -> colors (C,N,3)");
   m.def("sh_backward", &cr::sh_backward, release(),
         "(means, coeffs, degree, viewmats, g_colors) -> [g_means, g_coeffs]");
+  m.def("l1_ssim_loss", &cr::l1_ssim_loss, release(),
+        "(pred, gt, mask, window, c1, c2, lam, need_grad) -> [loss, l1, ssim, grad]: (1-lam) L1 + lam (1-SSIM) of "
+        "(H,W,C) images and its gradient to pred (csrc/loss.cpp)");
   m.def("num_threads", []() { return at::get_num_threads(); }, "threads the kernels use (torch.get_num_threads())");
   // What this CPU (and its operating system: AVX and AVX-512 need the OS to save their registers) can
   // run, as x86-64 micro-architecture levels. cpu_rasterizer asks the baseline module, which runs
