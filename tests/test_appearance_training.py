@@ -172,6 +172,50 @@ def test_loaded_checkpoints_render_a_chosen_group(fits):
         render_view(type(model)(**{**model.__dict__, "extras": {}, "_cache": {}}), w2c, K, W, H, appearance_group="look_0")
 
 
+def test_render_py_and_the_viewer_draw_the_chosen_group(fits, tmp_path):
+    """render.py --appearance_group and the viewer's group setting go through render_view: their frames
+    are the group's render (the viewer's level-of-detail order too), and a wrong group is one line."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from internal.loading import load_model, render_view, sort_by_visibility
+    from internal.render_video import VideoOptions, render_frames
+    from internal.viewer.frames import CameraState, DisplaySettings, render_frame
+
+    exp = fits["appearance"][1]
+    model = load_model(exp)
+    e = model.cameras[1]
+    c2w = np.eye(4)
+    c2w[:3, :3], c2w[:3, 3] = np.asarray(e["rotation"]), np.asarray(e["position"])
+    fov = 2.0 * np.arctan(0.5 * e["height"] / e["fy"])
+    W = H = 48
+
+    def expect(group):
+        from internal.loading import intrinsics
+
+        out = render_view(model, np.linalg.inv(c2w), intrinsics(fov, W, H), W, H, appearance_group=group)
+        return (out.colors[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+
+    looks = {g: expect(g) for g in model.appearance_groups}
+    assert np.abs(looks["look_0"].astype(int) - looks["look_1"]).mean() > 3  # the two looks differ
+    for g in model.appearance_groups:
+        frame = next(render_frames(model, c2w[None], np.array([fov]), W, H, VideoOptions(appearance_group=g)))
+        assert np.abs(frame.astype(int) - looks[g]).max() <= 1, g
+        sorted_model = sort_by_visibility(model)  # the viewer draws a visibility-ordered copy
+        shown = render_frame(sorted_model, CameraState(c2w=c2w, fov_y=fov, width=W, height=H), DisplaySettings(appearance_group=g), W, H)
+        assert np.abs(shown.astype(int) - looks[g]).max() <= 1, g
+        fewer = render_frame(sorted_model, CameraState(c2w=c2w, fov_y=fov, width=W, height=H), DisplaySettings(appearance_group=g), W, H,
+                             fraction=0.5)  # a prefix of the Gaussians takes the prefix of their features
+        assert fewer.shape == shown.shape
+    r = subprocess.run([sys.executable, str(REPO / "render.py"), str(exp), "--traj", "ellipse", "--frames", "2",
+                        "--resolution", "32x32", "--appearance_group", "noon", "-o", str(tmp_path / "x.mp4")],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 1 and "--appearance_group" in r.stderr and "look_0, look_1" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_unknown_export_group_is_refused_before_training(varied, tmp_path, capsys):
     from internal.cli import main
 
