@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .atomic import atomic_write
+from .splats import save_ply
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -24,10 +25,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class SaveAtSteps(lightning.Callback):
     """At each step in `steps` (and at the end of training): checkpoints/step=S.ckpt and
-    point_cloud/iteration_S/point_cloud.ply (INRIA layout, opens in other 3DGS viewers)."""
+    point_cloud/iteration_S/point_cloud.ply (INRIA layout, opens in other 3DGS viewers). With an
+    appearance model the PLY carries `appearance_group`'s look (default: the first group) baked into
+    the SH, as the renderer's export_splats gives it."""
 
-    def __init__(self, steps: list[int]):
+    def __init__(self, steps: list[int], appearance_group: Optional[str] = None):
         self.steps = sorted(set(int(s) for s in steps))
+        self.appearance_group = appearance_group
 
     def _save(self, trainer: lightning.Trainer, pl_module, with_ckpt: bool = True) -> None:
         step = trainer.global_step
@@ -36,7 +40,7 @@ class SaveAtSteps(lightning.Callback):
             trainer.save_checkpoint(root / "checkpoints" / f"step={step}.ckpt")
         if trainer.is_global_zero:
             ply = root / "point_cloud" / f"iteration_{step}" / "point_cloud.ply"
-            pl_module.gaussians.save_ply(ply)
+            save_ply(pl_module.renderer.export_splats(pl_module.gaussians, self.appearance_group), ply)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step in self.steps:

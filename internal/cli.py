@@ -93,6 +93,8 @@ class GSCLI(LightningCLI):
                             help="steps at which a checkpoint and a point_cloud.ply are kept")
         parser.add_argument("--checkpoint_every", type=int, default=1_000,
                             help="refresh checkpoints/last.ckpt every this many steps (for resuming)")
+        parser.add_argument("--appearance_group", type=Optional[str], default=None,
+                            help="appearance group whose look PLY exports carry (AppearanceMLPRenderer; default: the first group)")
         parser.add_argument("--viewer", type=bool, nargs="?", const=True, default=False,
                             help="serve the web viewer on the model in training (internal/viewer/live.py)")
         parser.add_argument("--viewer_port", type=int, default=8080, help="port of the live viewer's page")
@@ -149,7 +151,7 @@ class GSCLI(LightningCLI):
         extra = [
             ModelCheckpoint(dirpath=str(exp / "checkpoints"), save_last=True, save_top_k=0,
                             every_n_train_steps=cfg.checkpoint_every),
-            SaveAtSteps(cfg.save_steps),
+            SaveAtSteps(cfg.save_steps, cfg.get("appearance_group")),
             WriteCameras(),
         ]
         if cfg.get("viewer") and self.subcommand in (None, "fit"):
@@ -161,6 +163,17 @@ class GSCLI(LightningCLI):
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
         kwargs["plugins"] = [AtomicCheckpointIO()] + (list(plugins) if isinstance(plugins, (list, tuple)) else [plugins] if plugins else [])
         return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        # Refuse an unknown export group now rather than at the first PLY export, hours later.
+        group = self.config[self.subcommand].get("appearance_group") if self.subcommand else self.config.get("appearance_group")
+        if group is not None and self.datamodule is not None:
+            from .renderers import AppearanceMLPRenderer
+
+            names = self.datamodule.scene.appearance_group_names if isinstance(self.model.renderer, AppearanceMLPRenderer) else []
+            if group not in names:
+                raise SystemExit(f"error: --appearance_group {group!r} is not an appearance group of this run "
+                                 f"({', '.join(names[:10]) or 'its renderer has none: use --model.renderer AppearanceMLPRenderer'})")
 
     def after_fit(self) -> None:
         # Validation once more at the very end, unless the last step already ran it.

@@ -108,11 +108,12 @@ def shutdown() -> None:
 
 def ordered_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The trainable parameters in the order every process flattens them: the Gaussians in
-    GaussianModel.PARAM_NAMES order, then every other trainable parameter in registration order."""
+    `param_names` order (extra per-Gaussian ones included), then every other trainable parameter in
+    registration order."""
     first: list[torch.nn.Parameter] = []
     gaussians = getattr(module, "gaussians", None)
     if isinstance(gaussians, GaussianModel):
-        first = [getattr(gaussians, name) for name in GaussianModel.PARAM_NAMES]
+        first = [getattr(gaussians, name) for name in gaussians.param_names]
     seen = {id(p) for p in first}
     rest = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
     return [p for p in first if p.requires_grad] + rest

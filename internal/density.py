@@ -245,7 +245,7 @@ class DensityController(nn.Module):
         # positions sampled from the parent, scales shrunk by the divisor, everything else copied.
         k = self.split_count
         new = {}
-        for name in GaussianModel.PARAM_NAMES:
+        for name in model.param_names:  # extra per-Gaussian parameters (a renderer's) are copied like colours
             value = getattr(model, name).detach()
             if name == "means":
                 children = split_samples(value[split_idx], model.quats[split_idx], model.get_scales()[split_idx], k, generator)

@@ -21,12 +21,20 @@ than keeping references across steps.
 
 Loading a checkpoint is the exception: `load_state_dict` adopts the checkpoint's N in place (same
 objects), so an optimizer built before the load stays valid; no graph exists at that point.
+
+Extra per-Gaussian parameters. A renderer may need more per-Gaussian state than the INRIA fields (the
+appearance renderer's feature vectors). It declares it with `add_parameter(name, tail, init)`; from
+then on the tensor is a Gaussian attribute like the others, with no special case elsewhere: it is in
+`param_names`, densification clones/splits/prunes it and the optimizer surgery resizes its Adam state
+(both iterate `param_names`), checkpoints carry and resize it, the gradient all-reduce and the
+consistency checks of several processes include it. PLY files hold the INRIA fields only.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -82,6 +90,42 @@ class GaussianModel(nn.Module):
         # A buffer (not a Python int) so that it is checkpointed and a resumed run continues at the
         # degree it had reached.
         self.register_buffer("active_sh_degree", torch.tensor(0, dtype=torch.long))
+        # name -> (shape after N, init(n) -> (n, *shape) values for n new Gaussians); see the module doc.
+        self._extra: dict[str, tuple[tuple[int, ...], Callable[[int], Tensor]]] = {}
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Every per-Gaussian parameter: the INRIA fields (PARAM_NAMES), then those added by add_parameter."""
+        return self.PARAM_NAMES + tuple(self._extra)
+
+    def add_parameter(self, name: str, tail: tuple[int, ...], init: Callable[[int], Tensor]) -> None:
+        """Declare one more per-Gaussian parameter of shape (N, *tail) (module doc: extra parameters).
+
+        init(n) gives its (n, *tail) values for n new Gaussians: now, for the current N, and whenever the
+        model is initialised from points or splats (densification copies parents instead). Declaring the
+        same name again with the same shape keeps the current values; another shape is an error.
+        """
+        tail = tuple(int(t) for t in tail)
+        if name in self.PARAM_NAMES or not name.isidentifier() or (hasattr(self, name) and name not in self._extra):
+            raise ValueError(f"cannot add a Gaussian parameter named {name!r}: the name is taken or not an identifier")
+        if name in self._extra:
+            if self._extra[name][0] != tail:
+                raise ValueError(f"Gaussian parameter {name!r} exists with shape (N,{','.join(map(str, self._extra[name][0]))}), not (N,{','.join(map(str, tail))})")
+            self._extra[name] = (tail, init)
+            return
+        self._extra[name] = (tail, init)
+        value = self._initial(name, self.num_gaussians).to(self.means.device)
+        self.register_parameter(name, nn.Parameter(value.clone(memory_format=torch.contiguous_format)))
+
+    def _initial(self, name: str, n: int) -> Tensor:
+        tail, init = self._extra[name]
+        value = init(n).to(torch.float32)
+        if tuple(value.shape) != (n, *tail):
+            raise ValueError(f"the initialiser of Gaussian parameter {name!r} gave shape {tuple(value.shape)}, expected {(n, *tail)}")
+        return value
+
+    def _initial_extras(self, n: int) -> dict[str, Tensor]:
+        return {name: self._initial(name, n) for name in self._extra}
 
     # ---------------------------------------------------------------- shapes and activations
 
@@ -114,6 +158,8 @@ class GaussianModel(nn.Module):
     # ---------------------------------------------------------------- replacing the Gaussians
 
     def _expected_tail(self, name: str) -> tuple[int, ...]:
+        if name in self._extra:
+            return self._extra[name][0]
         return {
             "means": (3,),
             "quats": (4,),
@@ -134,14 +180,14 @@ class GaussianModel(nn.Module):
         agree on N. Returns {name: (old, new)} so that holders of the old objects can be re-pointed.
         An optimizer built on this model must be updated through internal/optim.py instead.
         """
-        unknown = set(new) - set(self.PARAM_NAMES)
+        unknown = set(new) - set(self.param_names)
         if unknown:
-            raise KeyError(f"unknown Gaussian parameter(s) {sorted(unknown)}; expected names from {self.PARAM_NAMES}")
+            raise KeyError(f"unknown Gaussian parameter(s) {sorted(unknown)}; expected names from {self.param_names}")
         for name, value in new.items():
             tail = self._expected_tail(name)
             if tuple(value.shape[1:]) != tail:
                 raise ValueError(f"{name} must be (N,{','.join(map(str, tail))}), got {tuple(value.shape)}")
-        sizes = {name: (new[name] if name in new else getattr(self, name)).shape[0] for name in self.PARAM_NAMES}
+        sizes = {name: (new[name] if name in new else getattr(self, name)).shape[0] for name in self.param_names}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"parameters would disagree on the number of Gaussians: {sizes}")
         swapped = {}
@@ -178,6 +224,7 @@ class GaussianModel(nn.Module):
                 "opacities": torch.full((p,), logit(init_opacity)),
                 "sh0": ((rgb.to(torch.float32) - 0.5) / SH_C0)[:, None, :],
                 "shN": torch.zeros(p, (self.sh_degree + 1) ** 2 - 1, 3),
+                **self._initial_extras(p),
             }
         )
         self.active_sh_degree.fill_(0)
@@ -205,6 +252,7 @@ class GaussianModel(nn.Module):
                 "opacities": splats.opacities,
                 "sh0": splats.sh0,
                 "shN": shn,
+                **self._initial_extras(n),
             }
         )
         self.active_sh_degree.fill_(min(splats.sh_degree, self.sh_degree))
@@ -237,11 +285,12 @@ class GaussianModel(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # A checkpoint saved after densification holds a different number of Gaussians than a freshly
         # built model: take the checkpoint's N before the default loader copies (it requires equal shapes).
-        resize_to_state_dict(self, state_dict, prefix, self.PARAM_NAMES)
+        resize_to_state_dict(self, state_dict, prefix, self.param_names)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
-        return f"num_gaussians={self.num_gaussians}, sh_degree={self.sh_degree}, active_sh_degree={int(self.active_sh_degree)}"
+        extra = "".join(f", {name}=(N,{','.join(map(str, tail))})" for name, (tail, _) in self._extra.items())
+        return f"num_gaussians={self.num_gaussians}, sh_degree={self.sh_degree}, active_sh_degree={int(self.active_sh_degree)}{extra}"
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ internal.rasterize.rasterize like training does, so what a tool shows is what tr
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import math
@@ -59,6 +60,17 @@ class LoadedModel:
     @property
     def sh_degree(self) -> int:
         return self.splats.sh_degree
+
+    def splats_for_group(self, appearance_group: str | None = None) -> Splats:
+        """The splats with `appearance_group`'s look baked into their SH, for exports and viewers without
+        the appearance model (the renderer's bake_group: exact wherever SH + 0.5 >= 0); default the first
+        group, as PLY exports. A model without groups: its splats (and an error for a named group)."""
+        if not self.appearance_groups:
+            check_appearance_group(self, appearance_group)
+            return self.splats
+        name = self.appearance_groups[check_appearance_group(self, appearance_group) or 0]
+        features = self.extras[self.renderer.feature_key]
+        return self.renderer.bake_group(self.splats, features.to(self.splats.sh0), name)
 
 
 # ---------------------------------------------------------------- which file
@@ -178,6 +190,10 @@ def _load_checkpoint(source: Path, device) -> LoadedModel:
     state = ckpt["state_dict"]
     # Copies: the checkpoint is memory-mapped, and the model must not depend on the file staying as it is.
     g = {k: state[f"gaussians.{k}"].detach().to(torch.float32).clone() for k in _GAUSSIAN_KEYS}
+    n = g["means"].shape[0]
+    extras = {k[len("gaussians."):]: v.detach().to(torch.float32).clone() for k, v in state.items()
+              if k.startswith("gaussians.") and k[len("gaussians."):] not in _GAUSSIAN_KEYS
+              and isinstance(v, Tensor) and v.is_floating_point() and v.dim() >= 1 and v.shape[0] == n}
     active = state.get("gaussians.active_sh_degree")
     max_degree = int(round((g["shN"].shape[1] + 1) ** 0.5)) - 1
     degree = max_degree if active is None else min(int(active), max_degree)
@@ -198,6 +214,7 @@ def _load_checkpoint(source: Path, device) -> LoadedModel:
         background=background,
         renderer=renderer.to(device) if renderer is not None else None,
         appearance_groups=list(getattr(renderer, "group_names", None) or []),
+        extras={k: v.to(device) for k, v in extras.items()},
     )
 
 
@@ -320,7 +337,8 @@ def render_view(
         width, height: image size in pixels.
         sh_degree: SH degree to evaluate (default: all the model has).
         background: RGB in [0,1] (default: the training background).
-        appearance_group: a name from model.appearance_groups (models with an appearance model only).
+        appearance_group: a name from model.appearance_groups (models with an appearance model only;
+            None renders their first group, as PLY exports do).
         scaling_modifier: multiplies every Gaussian's scale (1 = as trained).
         near, far: depth range of the Gaussians drawn.
         backend: rasterizer backend ("auto": gsplat on CUDA, else our native CPU rasterizer).
@@ -354,9 +372,9 @@ def render_view(
         raise ValueError(f"background must be 3 values (RGB in [0,1]), got {bg.numel()}")
     if scaling_modifier != 1.0:
         scales = scales * float(scaling_modifier)
-    if group is not None:
+    if model.appearance_groups:
         return _render_with_renderer(model, means, quats, scales, opacities, sh, degree, viewmat, K, width, height,
-                                     bg, group)
+                                     bg, group or 0, near, far, backend)
     return rasterize(means, quats, scales, opacities, sh, viewmat, K, width, height, near=near, far=far,
                      sh_degree=degree, backgrounds=bg, backend=backend)
 
@@ -382,13 +400,17 @@ def sort_by_visibility(model: LoadedModel) -> LoadedModel:
 
 
 class _GaussiansView:
-    """The read side of a GaussianModel (get_*) over already-activated tensors, for a renderer's forward."""
+    """The read side of a GaussianModel over already-activated tensors, for a renderer's forward: get_*,
+    the raw means/sh0 (SH are not activated) and the extra per-Gaussian parameters by name."""
 
-    def __init__(self, means, quats, scales, opacities, sh, degree: int):
+    def __init__(self, means, quats, scales, opacities, sh, degree: int, extras: dict | None = None):
         self._t = (means, quats, scales, opacities, sh)
         self.active_sh_degree = torch.tensor(degree)
         self.sh_degree = degree
         self.num_gaussians = means.shape[0]
+        self.means, self.sh0 = means, sh[:, :1]
+        for name, value in (extras or {}).items():
+            setattr(self, name, value)
 
     def get_means(self):
         return self._t[0]
@@ -406,8 +428,11 @@ class _GaussiansView:
         return self._t[4]
 
 
-def _render_with_renderer(model, means, quats, scales, opacities, sh, degree, viewmat, K, width, height, bg, group):
-    """A renderer with appearance groups (CONTRACTS.md 3): one camera whose appearance_id is the group index."""
+def _render_with_renderer(model, means, quats, scales, opacities, sh, degree, viewmat, K, width, height, bg, group,
+                          near=0.01, far=1e10, backend="auto"):
+    """A renderer with appearance groups (CONTRACTS.md 3): one camera whose appearance_id is the group index.
+    The renderer draws with render_view's near/far/backend (a shallow copy: its weights are shared, the
+    checkpoint's training backend is not imposed on a viewer)."""
     from .data.cameras import Cameras
 
     c = viewmat[0].cpu()
@@ -415,8 +440,19 @@ def _render_with_renderer(model, means, quats, scales, opacities, sh, degree, vi
     cams = Cameras.from_numpy(
         c[:3, :3], c[:3, 3], k[0, 0], k[1, 1], k[0, 2], k[1, 2], [width], [height], appearance_id=[group]
     ).to(means.device)
-    view = _GaussiansView(means, quats, scales, opacities, sh, degree)
-    return model.renderer(view, cams, bg, sh_degree=degree)
+    # extras follow the splats row for row; a prefix of the Gaussians (fewer drawn) takes their prefix.
+    key = getattr(model.renderer, "feature_key", None)
+    if key is not None and (key not in model.extras or model.extras[key].shape[0] < means.shape[0]):
+        raise ValueError(f"this LoadedModel lacks the per-Gaussian {key!r} its renderer needs (extras: "
+                         f"{sorted(model.extras)}); whoever copies or reorders a model's splats must carry "
+                         "`extras` along, row for row")
+    extras = {k: v[: means.shape[0]] for k, v in model.extras.items()}
+    view = _GaussiansView(means, quats, scales, opacities, sh, degree, extras)
+    renderer = model.renderer
+    if all(hasattr(renderer, a) for a in ("backend", "near", "far")):
+        renderer = copy.copy(renderer)
+        renderer.backend, renderer.near, renderer.far = backend, near, far
+    return renderer(view, cams, bg, sh_degree=degree)
 
 
 # ---------------------------------------------------------------- cameras for tools

@@ -131,6 +131,8 @@ class GaussianSplatting(lightning.LightningModule):
                 # after this, and the model resizes itself to the checkpoint's Gaussian count.)
                 rgb = torch.as_tensor(scene.points_rgb, dtype=torch.float32) / 255.0
                 self.gaussians.init_from_points(torch.as_tensor(scene.points_xyz, dtype=torch.float32), rgb, self.init_opacity)
+        # The renderer's own state: per-Gaussian parameters it adds, tables sized from the scene.
+        self.renderer.setup(self.gaussians, scene, stage)
         if stage == "fit":
             # Seeded from seed_everything's seed; a resumed run then overwrites it with the saved state
             # (Lightning restores checkpoints after setup).
@@ -149,13 +151,15 @@ class GaussianSplatting(lightning.LightningModule):
             "sh0": o.sh0_lr,
             "shN": o.shN_lr,
         }
-        return create_optimizer(self.gaussians, lrs)
+        renderer_lrs, renderer_groups = self.renderer.optimizer_groups()
+        return create_optimizer(self.gaussians, {**lrs, **renderer_lrs}, extra_groups=renderer_groups)
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx):
         step = self.global_step  # optimizer steps done so far
         optimizer = self.optimizers()
         self._set_means_lr(optimizer.optimizer, step)
+        self.renderer.begin_step(step, optimizer.optimizer, self.opt.means_lr_max_steps)
         if step > 0 and step % self.opt.sh_degree_interval == 0:
             self.gaussians.step_sh_degree()
 
@@ -240,15 +244,19 @@ class GaussianSplatting(lightning.LightningModule):
         self._evaluate(batch, "test")
 
     def _evaluate(self, batch, split: str) -> None:
-        out = self.renderer(self.gaussians, batch.camera, self.scene_background.to(batch.image.device))
-        pred = out.colors[0].clamp(0, 1)
         gt = batch.image.float() / 255.0
-        mask = batch.mask
+        # The renderer says which pixels count and by which protocol (an appearance model may fit an
+        # unseen group's embedding on part of the image first).
+        out, mask, protocol = self.renderer.render_for_evaluation(
+            self.gaussians, batch.camera, self.scene_background.to(batch.image.device), gt, batch.mask)
+        pred = out.colors[0].clamp(0, 1)
         row = {
             "image": batch.name,
             "psnr": float(metrics.psnr(pred, gt, mask)),
             "ssim": float(metrics.ssim(pred, gt, mask)),
         }
+        if protocol is not None:
+            row["protocol"] = protocol
         lpips = self._lpips_metric()
         if lpips is not None:
             row["lpips"] = lpips(pred if mask is None else pred * mask[..., None], gt if mask is None else gt * mask[..., None])
@@ -289,12 +297,13 @@ class GaussianSplatting(lightning.LightningModule):
         folder = self._output_dir() / "metrics"
         folder.mkdir(parents=True, exist_ok=True)
         columns = ["image", "psnr", "ssim"] + (["lpips"] if "lpips" in rows[0] else [])
+        protocol = ["protocol"] if "protocol" in rows[0] else []
         path = folder / f"{split}-step={self._step()}.csv"
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(columns)
+            w.writerow(columns + protocol)
             for r in rows + [{"image": "MEAN", **mean}]:
-                w.writerow([r["image"]] + [metrics.format_metric(r[c]) for c in columns[1:]])
+                w.writerow([r["image"]] + [metrics.format_metric(r[c]) for c in columns[1:]] + [r.get(c, "") for c in protocol])
         lp = f", LPIPS {mean['lpips']:.4f}" if "lpips" in mean else (", LPIPS not computed" if self.compute_lpips else "")
         self.print(f"[{split} step {self._step()}] PSNR {mean['psnr']:.3f} dB, SSIM {mean['ssim']:.4f}{lp} "
                    f"over {len(rows)} images -> {path}")
@@ -336,9 +345,7 @@ class GaussianSplatting(lightning.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         ddp.globalize_density_stats(checkpoint, self)  # the statistics summed over processes
         checkpoint["gs_generator_state"] = self.generator.get_state()
-        checkpoint["gs_renderer"] = {"class_path": f"{type(self.renderer).__module__}.{type(self.renderer).__name__}",
-                                     "init_args": {"backend": self.renderer.backend, "near": self.renderer.near,
-                                                   "far": self.renderer.far}}
+        checkpoint["gs_renderer"] = self.renderer.checkpoint_config()
         checkpoint["gs_density"] = {k: v for k, v in vars(self.density).items()
                                     if not k.startswith("_") and isinstance(v, (int, float, bool))}
         if self.guidance is not None:

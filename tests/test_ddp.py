@@ -75,8 +75,9 @@ def is_density_stat(key):
     return key.startswith("density.")  # per-process partial sums by design (summed at each decision)
 
 
-def assert_bit_identical(a, b):
-    """Model tensors, optimizer state and generator state of two dumps, bit for bit."""
+def assert_bit_identical(a, b, n_states=6):
+    """Model tensors, optimizer state (`n_states` parameter tensors with Adam state) and generator
+    state of two dumps, bit for bit."""
     keys = [k for k in a["state_dict"] if not is_density_stat(k)]
     assert keys == [k for k in b["state_dict"] if not is_density_stat(k)]
     assert any(k.startswith("gaussians.") for k in keys)
@@ -84,7 +85,7 @@ def assert_bit_identical(a, b):
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     oa, ob = a["optimizer"], b["optimizer"]
     assert [g["lr"] for g in oa["param_groups"]] == [g["lr"] for g in ob["param_groups"]]
-    assert oa["state"].keys() == ob["state"].keys() and len(oa["state"]) == 6
+    assert oa["state"].keys() == ob["state"].keys() and len(oa["state"]) == n_states
     for pid, st in oa["state"].items():
         assert st.keys() == ob["state"][pid].keys() and {"exp_avg", "exp_avg_sq", "step"} <= set(st)
         for name, t in st.items():

@@ -7,6 +7,8 @@ Intrinsics: `fl_x`/`fl_y` when present, else from `camera_angle_x` (and `camera_
 `cx`, `cy` default to the image centre, `w`, `h` to the image file's size; each may also be given per
 frame. `transform_matrix` is camera-to-world in OpenGL axes (y up, z backwards); it is converted to
 OpenCV axes by flipping the camera's y and z. Missing val uses test and missing test uses val.
+Appearance groups: one for every image, or SCENE/NAME.json (`appearance_groups`, internal/data/groups.py)
+with the image names as `train/r_0.png`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from .cameras import Cameras
 from .errors import DatasetError
+from .groups import read_group_file
 from .images import read_size
 from .masks import find_masks
 from .params import BlenderParams
@@ -159,7 +162,11 @@ def load_blender(path: str | os.PathLike, params: BlenderParams = BlenderParams(
     K = np.asarray(K)
     WH = np.asarray(WH, dtype=np.int64)
     n = len(names)
-    cameras = Cameras.from_numpy(w2c[:, :3, :3], w2c[:, :3, 3], K[:, 0], K[:, 1], K[:, 2], K[:, 3], WH[:, 0], WH[:, 1], np.zeros(n, np.int64))
+    if params.appearance_groups is None:
+        group_of, group_names = [0] * n, ["default"]
+    else:
+        group_of, group_names = read_group_file(path, params.appearance_groups, names, "--data.params.blender.appearance_groups")
+    cameras = Cameras.from_numpy(w2c[:, :3, :3], w2c[:, :3, 3], K[:, 0], K[:, 1], K[:, 2], K[:, 3], WH[:, 0], WH[:, 1], np.asarray(group_of, np.int64))
     centers = -np.einsum("nji,nj->ni", w2c[:, :3, :3], w2c[:, :3, 3])
     rng = np.random.default_rng(seed)
     xyz = rng.uniform(-1.3, 1.3, size=(params.random_points, 3)).astype(np.float32)
@@ -177,7 +184,7 @@ def load_blender(path: str | os.PathLike, params: BlenderParams = BlenderParams(
         train_ids=splits["train"],
         val_ids=splits["val"],
         test_ids=splits["test"],
-        appearance_group_names=["default"],
+        appearance_group_names=group_names,
         kind="blender",
         background=bg,
         path=str(path),

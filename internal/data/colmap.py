@@ -14,7 +14,6 @@ refused with the command that undistorts them.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -24,6 +23,7 @@ import numpy as np
 from .cameras import Cameras
 from .colmap_model import ColmapCamera, ColmapModel, qvec_to_rotmat, read_model
 from .errors import DatasetError
+from .groups import read_group_file
 from .images import read_size
 from .masks import find_masks
 from .params import ColmapParams
@@ -88,25 +88,7 @@ def appearance_groups(path: Path, name: Optional[str], image_names: list[str], c
         cams = sorted(set(camera_ids))
         index = {c: k for k, c in enumerate(cams)}
         return [index[c] for c in camera_ids], [f"camera_{c}" for c in cams]
-    file = path / (name if name.endswith(".json") else f"{name}.json")
-    if not file.is_file():
-        raise DatasetError(f"{file}: appearance group file does not exist; create it with `python generate_image_apperance_groups.py {path} --name {name}` or fix --data.params.colmap.appearance_groups")
-    try:
-        groups = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{file}: is not valid JSON ({e}); regenerate it with generate_image_apperance_groups.py") from None
-    if not isinstance(groups, dict) or not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in groups.values()):
-        raise DatasetError(f"{file}: must be a JSON object {{group name: [image names]}}; regenerate it with generate_image_apperance_groups.py")
-    of_image: dict[str, int] = {}
-    for gid, (g, names) in enumerate(groups.items()):
-        for n in names:
-            if n in of_image and of_image[n] != gid:
-                raise DatasetError(f"{file}: image {n!r} is in group {list(groups)[of_image[n]]!r} and in group {g!r}; an image belongs to one group")
-            of_image[n] = gid
-    missing = [n for n in image_names if n not in of_image]
-    if missing:
-        raise DatasetError(f"{file}: {len(missing)} of the {len(image_names)} images are in no group (first: {missing[0]!r}); regenerate the file for this scene")
-    return [of_image[n] for n in image_names], [str(g) for g in groups]
+    return read_group_file(path, name, image_names, "--data.params.colmap.appearance_groups")
 
 
 def load_colmap(path: str | os.PathLike, params: ColmapParams = ColmapParams()) -> Scene:

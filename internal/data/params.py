@@ -36,6 +36,9 @@ class BlenderParams:
     """Initial points, uniform in [-1.3, 1.3]^3, as the original 3DGS."""
     mask_dir: Optional[str] = None
     down_sample_factor: int = 1
+    appearance_groups: Optional[str] = None
+    """NAME of `NAME.json` in the scene folder, `{group: [image names]}` with names as `train/r_0.png`.
+    Default: one group for every image."""
 
 
 @dataclass

@@ -110,6 +110,17 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
             raise ValueError(f"{name} is on {t.device}, means on {means.device}: put every input on one device")
 
 
+def shade(means: Tensor, sh_coeffs: Tensor, sh_degree: int, viewmats: Tensor, backend: str = "auto") -> Tensor:
+    """(C,N,3) per-camera colours max(SH(dir) + 0.5, 0) of the Gaussians, computed as `rasterize` would
+    with `backend` (the native kernel for "cpu", torch ops otherwise). For renderers that change the
+    colours before rasterizing them with sh_degree=None; differentiable w.r.t. means and sh_coeffs."""
+    if resolve_backend(backend, means.device) == "cpu":
+        from . import native
+
+        return native.view_colors(means, sh_coeffs, sh_degree, viewmats)
+    return view_colors(means, sh_coeffs, sh_degree, viewmats)
+
+
 def rasterize(
     means: Tensor,
     quats: Tensor,
@@ -173,4 +184,4 @@ def rasterize(
     return RenderOutput(rgb, alphas, depth, means2d, radii, width, height)
 
 
-__all__ = ["rasterize", "RenderOutput", "BACKENDS", "resolve_backend", "native_available"]
+__all__ = ["rasterize", "shade", "RenderOutput", "BACKENDS", "resolve_backend", "native_available"]
