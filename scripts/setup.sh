@@ -3,7 +3,8 @@
 # torch first (pinned, CPU wheel here), then the rest held to that torch by constraints.txt, then our
 # native extension built against it with --no-build-isolation, then the optional SDS extra
 # (requirements-sds.txt). Re-running is cheap: a stamp records the hash of the requirement files and of
-# the extension sources, and only a change reinstalls.
+# the extension sources (not of the build/ folder the build writes beside them: with it, the second run
+# rebuilt everything), and only a change reinstalls.
 #
 # On a machine with an NVIDIA GPU (nvidia-smi works) it also makes sure torch is a CUDA build
 # (torch==2.13.0 from PyPI is one, for CUDA 13.0; TORCH_INDEX_URL picks another index, e.g.
@@ -26,7 +27,8 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 stamp="$VENV/.project-stamp"
 hash=$( (cat requirements-first.txt requirements-second.txt requirements-sds.txt constraints.txt \
-       $(find submodules -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.py' -o -name '*.toml' \) | sort);
+       $(find submodules -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.py' -o -name '*.toml' \) \
+             -not -path '*/build/*' -not -path '*.egg-info/*' | sort);
        if [ $GPU = 1 ]; then echo "gpu ${TORCH_INDEX_URL:-}"; cat internal/rasterize/gsplat_build.py; fi) \
        | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
