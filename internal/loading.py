@@ -24,6 +24,7 @@ from torch import Tensor
 from .checkpoints import CheckpointError, read_checkpoint
 from .rasterize import RenderOutput, rasterize
 from .splats import PlyFormatError, Splats, load_from_ply
+from .trajectories import look_at
 
 _ACCEPTED = "a checkpoint of ours (*.ckpt), an output folder (outputs/<name>) or a Gaussian .ply"
 _CHECKPOINT_FIX = ("pass another checkpoint training wrote (outputs/<name>/checkpoints/*.ckpt), the output folder, or its "
@@ -483,21 +484,6 @@ def robust_bounds(splats: Splats, quantile: float = 0.02) -> tuple[np.ndarray, n
     lo = torch.quantile(means, quantile, dim=0).numpy().astype(np.float64)
     hi = torch.quantile(means, 1.0 - quantile, dim=0).numpy().astype(np.float64)
     return (lo + hi) / 2.0, np.maximum((hi - lo) / 2.0, 1e-6)
-
-
-def look_at(eye, target, up) -> np.ndarray:
-    """(4,4) camera-to-world (OpenCV: z forward, y down) at `eye` looking at `target` with `up` up."""
-    eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
-    z = target - eye
-    z /= max(np.linalg.norm(z), 1e-12)
-    x = np.cross(z, up)  # right = forward x up; then down = forward x right
-    if np.linalg.norm(x) < 1e-9:  # looking along `up`: any perpendicular will do
-        x = np.cross(z, np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0]))
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye
-    return c2w
 
 
 def estimate_up(cameras: list[dict] | None) -> np.ndarray:
