@@ -136,7 +136,7 @@ def test_loaded_checkpoints_render_a_chosen_group(fits):
     import numpy as np
 
     from internal.data.cameras import Cameras
-    from internal.loading import load_model, render_view
+    from internal.loading import camera_entry_c2w, load_model, render_view
 
     cli, exp = fits["appearance"]
     renderer, gaussians = cli.model.renderer.eval(), cli.model.gaussians
@@ -144,9 +144,7 @@ def test_loaded_checkpoints_render_a_chosen_group(fits):
     assert model.appearance_groups == ["look_0", "look_1"] and isinstance(model.renderer, AppearanceMLPRenderer)
     assert set(model.extras) == {"appearance_features"}
     e = model.cameras[1]
-    c2w = np.eye(4)
-    c2w[:3, :3], c2w[:3, 3] = np.asarray(e["rotation"]), np.asarray(e["position"])
-    w2c = np.linalg.inv(c2w)
+    w2c = np.linalg.inv(camera_entry_c2w(e))
     W, H = e["width"], e["height"]
     K = np.array([[e["fx"], 0, W / 2], [0, e["fy"], H / 2], [0, 0, 1]])
     bg = torch.tensor(model.background)

@@ -11,7 +11,7 @@ import torch
 import internal as gs
 from conftest import shared_path
 from internal.loading import (
-    LoadedModel, ModelLoadError, default_view, intrinsics, load_model, render_view, resolve_model_path,
+    LoadedModel, ModelLoadError, camera_entry_c2w, default_view, intrinsics, load_model, render_view, resolve_model_path,
 )
 from internal.renderers import VanillaRenderer
 from viewer_helpers import tiny_run_fixture, with_groups
@@ -49,9 +49,7 @@ def test_render_view_is_what_training_rendered(run):
     g = GaussianModel(1)
     g.load_state_dict({k[len("gaussians."):]: v for k, v in state.items() if k.startswith("gaussians.")})
     e = model.cameras[2]
-    c2w = np.eye(4)
-    c2w[:3, :3], c2w[:3, 3] = np.asarray(e["rotation"]), np.asarray(e["position"])
-    w2c = np.linalg.inv(c2w)
+    w2c = np.linalg.inv(camera_entry_c2w(e))
     W, H = e["width"], e["height"]
     K = np.array([[e["fx"], 0, W / 2], [0, e["fy"], H / 2], [0, 0, 1]])
     cams = Cameras.from_numpy(w2c[:3, :3], w2c[:3, 3], e["fx"], e["fy"], W / 2, H / 2, [W], [H])
