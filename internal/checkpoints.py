@@ -16,7 +16,8 @@ from typing import Optional
 
 import torch
 
-GAUSSIAN_KEYS = ("gaussians.means", "gaussians.quats", "gaussians.scales", "gaussians.opacities", "gaussians.sh0", "gaussians.shN")
+GAUSSIAN_NAMES = ("means", "quats", "scales", "opacities", "sh0", "shN")  # the INRIA six a model always has
+GAUSSIAN_KEYS = tuple(f"gaussians.{k}" for k in GAUSSIAN_NAMES)  # their state_dict keys
 FIX = "pass a checkpoint that training wrote (outputs/<name>/checkpoints/last.ckpt or step=S.ckpt), or --ckpt_path last"
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoints import CheckpointError, read_checkpoint
+from .checkpoints import GAUSSIAN_NAMES, CheckpointError, read_checkpoint
 from .rasterize import RenderOutput, rasterize
 from .splats import PlyFormatError, Splats, load_from_ply
 from .trajectories import look_at
@@ -29,7 +29,6 @@ from .trajectories import look_at
 _ACCEPTED = "a checkpoint of ours (*.ckpt), an output folder (outputs/<name>) or a Gaussian .ply"
 _CHECKPOINT_FIX = ("pass another checkpoint training wrote (outputs/<name>/checkpoints/*.ckpt), the output folder, or its "
                    "exported point_cloud/iteration_*/point_cloud.ply")
-_GAUSSIAN_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
 
 
 class ModelLoadError(Exception):
@@ -190,10 +189,10 @@ def _load_checkpoint(source: Path, device) -> LoadedModel:
         raise ModelLoadError(str(exc)) from exc
     state = ckpt["state_dict"]
     # Copies: the checkpoint is memory-mapped, and the model must not depend on the file staying as it is.
-    g = {k: state[f"gaussians.{k}"].detach().to(torch.float32).clone() for k in _GAUSSIAN_KEYS}
+    g = {k: state[f"gaussians.{k}"].detach().to(torch.float32).clone() for k in GAUSSIAN_NAMES}
     n = g["means"].shape[0]
     extras = {k[len("gaussians."):]: v.detach().to(torch.float32).clone() for k, v in state.items()
-              if k.startswith("gaussians.") and k[len("gaussians."):] not in _GAUSSIAN_KEYS
+              if k.startswith("gaussians.") and k[len("gaussians."):] not in GAUSSIAN_NAMES
               and isinstance(v, Tensor) and v.is_floating_point() and v.dim() >= 1 and v.shape[0] == n}
     active = state.get("gaussians.active_sh_degree")
     max_degree = int(round((g["shN"].shape[1] + 1) ** 0.5)) - 1
