@@ -149,6 +149,10 @@ class GaussianModel(nn.Module):
         """(N,K,3) all SH coefficients; the rasterizer uses the first (active_sh_degree+1)^2."""
         return torch.cat([self.sh0, self.shN], dim=1)
 
+    def sh_pair(self) -> tuple[Tensor, Tensor]:
+        """The SH coefficients as rasterize() takes them without a copy: (sh0 (N,1,3), shN (N,K-1,3))."""
+        return self.sh0, self.shN
+
     def step_sh_degree(self) -> int:
         """Enable one more SH band (no-op at sh_degree). Returns the new active degree."""
         if int(self.active_sh_degree) < self.sh_degree:

@@ -203,6 +203,31 @@ def test_native_sh_colors_match_torch(degree):
             assert_grads_close(f"[{level}] means", m1, m0)
 
 
+@pytest.mark.parametrize("degree", [0, 1, 3])
+def test_sh_pair_is_bitwise_the_joined_coefficients(degree):
+    """rasterize() given the model's (sh0, shN) pair (read in place by the kernel, no concatenation) gives
+    the same bits as given torch.cat([sh0, shN], 1), and the same gradients, split."""
+    s = random_scene(7, n=400, cameras=2, sh_degree=3)
+    sh0, shN = s["colors"][:, :1].contiguous(), s["colors"][:, 1:].contiguous()
+
+    def run(pair: bool):
+        means = s["means"].clone().requires_grad_(True)
+        a, b = sh0.clone().requires_grad_(True), shN.clone().requires_grad_(True)
+        colors = (a, b) if pair else torch.cat([a, b], dim=1)
+        out = rasterize(means, s["quats"], s["scales"], s["opacities"], colors, s["viewmats"], s["Ks"],
+                        s["width"], s["height"], sh_degree=degree, backend="cpu")
+        w = torch.randn(out.colors.shape, generator=torch.Generator().manual_seed(2))
+        (out.colors * w).sum().backward()
+        return out.colors.detach(), means.grad, a.grad, b.grad
+
+    joined, pair = run(False), run(True)
+    # shN gets a gradient at every degree, zero in the bands above it (at degree 0: all of it), as one
+    # (N,K,3) tensor's slice did: Adam then steps it the same way (step count, moment decay).
+    assert pair[3] is not None and pair[3][:, (degree + 1) ** 2 - 1:].abs().sum() == 0
+    for name, x, y in zip(("colours", "means", "sh0", "shN"), pair, joined):
+        assert torch.equal(x, y), f"{name} differ between the pair and the joined coefficients"
+
+
 # ------------------------------------------------------------------------------------------------
 # The whole rasterize() call
 

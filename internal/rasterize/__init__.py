@@ -110,15 +110,21 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
             raise ValueError(f"{name} is on {t.device}, means on {means.device}: put every input on one device")
 
 
-def shade(means: Tensor, sh_coeffs: Tensor, sh_degree: int, viewmats: Tensor, backend: str = "auto") -> Tensor:
+def _joined(colors):
+    """SH coefficients given as the model's pair (sh0 (N,1,3), shN (N,K-1,3)) as one (N,K,3) tensor."""
+    return torch.cat(list(colors), dim=1) if isinstance(colors, (tuple, list)) else colors
+
+
+def shade(means: Tensor, sh_coeffs, sh_degree: int, viewmats: Tensor, backend: str = "auto") -> Tensor:
     """(C,N,3) per-camera colours max(SH(dir) + 0.5, 0) of the Gaussians, computed as `rasterize` would
     with `backend` (the native kernel for "cpu", torch ops otherwise). For renderers that change the
-    colours before rasterizing them with sh_degree=None; differentiable w.r.t. means and sh_coeffs."""
+    colours before rasterizing them with sh_degree=None; differentiable w.r.t. means and sh_coeffs
+    ((N,K,3), or the pair (sh0, shN) as in `rasterize`)."""
     if resolve_backend(backend, means.device) == "cpu":
         from . import native
 
         return native.view_colors(means, sh_coeffs, sh_degree, viewmats)
-    return view_colors(means, sh_coeffs, sh_degree, viewmats)
+    return view_colors(means, _joined(sh_coeffs), sh_degree, viewmats)
 
 
 def rasterize(
@@ -144,15 +150,26 @@ def rasterize(
     Args:
         means (N,3); quats (N,4) wxyz, any norm; scales (N,3) activated (positive); opacities (N,) in [0,1];
         colors: SH coefficients (N,K,3) with `sh_degree` the active degree, or colours (N,3) / (C,N,3)
-            with sh_degree=None; viewmats (C,4,4) world-to-camera (OpenCV); Ks (C,3,3);
+            with sh_degree=None; SH coefficients may also be the pair (sh0 (N,1,3), shN (N,K-1,3)) as
+            GaussianModel keeps them (the cpu backend reads them in place, the others join them); viewmats (C,4,4) world-to-camera (OpenCV); Ks (C,3,3);
         backgrounds: (3,) or (C,3) colour behind the Gaussians (default black).
     Returns:
         RenderOutput (see the module docstring for shapes).
     """
     width, height = int(width), int(height)
-    _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree)
-    C = viewmats.shape[0]
     backend = resolve_backend(backend, means.device)
+    if sh_degree is not None and isinstance(colors, (tuple, list)):
+        if len(colors) != 2:
+            raise ValueError(f"SH coefficients as a pair must be (sh0, shN), got {len(colors)} tensors")
+        for name, t in zip(("sh0", "shN"), colors):
+            _check_inputs(means, quats, scales, opacities, t, viewmats, Ks, width, height, sh_degree)
+            if name == "sh0" and t.shape[1] != 1:
+                raise ValueError(f"sh0 must be (N,1,3), got {tuple(t.shape)}")
+        if backend != "cpu":
+            colors = _joined(colors)
+    else:
+        _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree)
+    C = viewmats.shape[0]
     if backgrounds is None:
         backgrounds = means.new_zeros((C, 3))
     else:

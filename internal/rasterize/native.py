@@ -151,39 +151,74 @@ def project_gaussians(
 
 class _ViewColors(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, coeffs, degree, viewmats):
-        ctx.save_for_backward(means, coeffs, viewmats)
+    def forward(ctx, means, sh0, shN, degree, viewmats):
+        ctx.save_for_backward(means, sh0, shN, viewmats)
         ctx.degree = degree
-        return _C.sh_forward(means, coeffs, degree, viewmats)
+        return _C.sh_forward(means, sh0, shN, degree, viewmats)
 
     @staticmethod
     def backward(ctx, g_colors):
-        means, coeffs, viewmats = ctx.saved_tensors
-        g_means, g_coeffs = _C.sh_backward(means, coeffs, ctx.degree, viewmats, g_colors.contiguous())
-        return g_means, g_coeffs, None, None
+        means, sh0, shN, viewmats = ctx.saved_tensors
+        g_means, g_sh0, g_shN = _C.sh_backward(means, sh0, shN, ctx.degree, viewmats, g_colors.contiguous())
+        return g_means, g_sh0, g_shN, None, None
 
 
-def view_colors(means: Tensor, sh_coeffs: Tensor, sh_degree: int, viewmats: Tensor) -> Tensor:
-    """Native per-camera SH colours; same arguments and results as projection.view_colors."""
+class _ZeroGradTo(torch.autograd.Function):
+    """Returns `x` (copied) and gives `other` an exact zero gradient: at SH degree 0 the higher bands are
+    not read, yet they must get the zero gradient they got as part of one (N,K,3) tensor, so that Adam
+    steps them as before (its step count and moment decay), i.e. training is unchanged bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x, other):
+        ctx.shape = other.shape
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g.new_zeros(ctx.shape)
+
+
+def _packed_bands(t: Tensor) -> Tensor:
+    """`t` (N,B,3) as the kernel reads it (bands and channels packed; any stride between Gaussians)."""
+    return t if t.stride(2) == 1 and (t.shape[1] <= 1 or t.stride(1) == 3) else t.contiguous()
+
+
+def view_colors(means: Tensor, sh_coeffs, sh_degree: int, viewmats: Tensor) -> Tensor:
+    """Native per-camera SH colours; same arguments and results as projection.view_colors.
+
+    sh_coeffs: (N,K,3), or the pair (sh0 (N,1,3), shN (N,K-1,3)) as the model keeps them: the kernel
+    reads the two where they are, so training does not concatenate them (and split their gradient) every step.
+    """
     _require_built()
     _check_tensor("means", means, (None, 3))
-    _check_tensor("colors", sh_coeffs, (means.shape[0], None, 3))
+    pair = isinstance(sh_coeffs, (tuple, list))
+    if pair:
+        sh0, shN = sh_coeffs
+        _check_tensor("sh0", sh0, (means.shape[0], 1, 3))
+        _check_tensor("shN", shN, (means.shape[0], None, 3))
+    else:
+        _check_tensor("colors", sh_coeffs, (means.shape[0], None, 3))
+        sh0, shN = sh_coeffs[:, :1], sh_coeffs[:, 1:]
     if not isinstance(viewmats, Tensor) or viewmats.dim() != 3:
         _check_tensor("viewmats", viewmats, (None, 4, 4))
     _check_tensor("viewmats", viewmats, (viewmats.shape[0], 4, 4))
     if not 0 <= int(sh_degree) <= 3:
         raise ValueError(f"sh_degree must be in 0..3, got {sh_degree}")
     sh_degree = int(sh_degree)
-    if sh_coeffs.shape[1] < num_sh_bases(sh_degree):
+    if 1 + shN.shape[1] < num_sh_bases(sh_degree):
         raise ValueError(
-            f"SH coefficients have {sh_coeffs.shape[1]} bases; degree {sh_degree} needs {num_sh_bases(sh_degree)}"
+            f"SH coefficients have {1 + shN.shape[1]} bases; degree {sh_degree} needs {num_sh_bases(sh_degree)}"
         )
     if sh_degree == 0:
         # View independent: one tiny elementwise op, the same as the reference's (no native call needed).
-        return (SH_C0 * sh_coeffs[:, 0, :] + 0.5).clamp_min(0.0)[None].expand(viewmats.shape[0], -1, -1)
+        colors = (SH_C0 * sh0[:, 0, :] + 0.5).clamp_min(0.0)[None].expand(viewmats.shape[0], -1, -1)
+        if pair and shN.requires_grad and torch.is_grad_enabled():
+            return _ZeroGradTo.apply(colors, shN)  # (one (N,K,3) tensor: its select already does this)
+        return colors
     if viewmats.requires_grad and torch.is_grad_enabled():
         raise ValueError("viewmats requires grad, but the cpu backend does not compute camera gradients")
-    return _ViewColors.apply(means.contiguous(), sh_coeffs.contiguous(), sh_degree, viewmats.detach().contiguous())
+    return _ViewColors.apply(means.contiguous(), _packed_bands(sh0), _packed_bands(shN), sh_degree,
+                             viewmats.detach().contiguous())
 
 
 # ------------------------------------------------------------------------------------------------

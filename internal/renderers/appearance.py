@@ -302,7 +302,7 @@ class AppearanceMLPRenderer(VanillaRenderer):
 
     def _base_colors(self, gaussians, cameras, sh_degree) -> Tensor:
         viewmats = cameras.viewmats().to(gaussians.means.dtype)
-        return shade(gaussians.get_means(), gaussians.get_sh(), self._degree(gaussians, sh_degree), viewmats, self.backend)
+        return shade(gaussians.get_means(), gaussians.sh_pair(), self._degree(gaussians, sh_degree), viewmats, self.backend)
 
     def _render(self, gaussians, cameras, background, embeddings: Tensor, sh_degree=None) -> RenderOutput:
         colors = self._base_colors(gaussians, cameras, sh_degree)

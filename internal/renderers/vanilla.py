@@ -46,7 +46,7 @@ class VanillaRenderer(nn.Module):
 
     def forward(self, gaussians, cameras, background: Tensor, sh_degree: int | None = None) -> RenderOutput:
         """cameras: Cameras of one image size; background (3,) or (C,3). Returns RenderOutput."""
-        return self._rasterize(gaussians, cameras, background, gaussians.get_sh(), self._degree(gaussians, sh_degree))
+        return self._rasterize(gaussians, cameras, background, gaussians.sh_pair(), self._degree(gaussians, sh_degree))
 
     # ---------------------------------------------------------------- shared by renderers
     @staticmethod

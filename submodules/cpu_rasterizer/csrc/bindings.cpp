@@ -16,8 +16,8 @@ std::vector<at::Tensor> project_forward(const at::Tensor&, const at::Tensor&, co
 std::vector<at::Tensor> project_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const at::Tensor&, int64_t, int64_t, double, double, int64_t,
                                          const at::Tensor&, const at::Tensor&, const at::Tensor&);
-at::Tensor sh_forward(const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&);
-std::vector<at::Tensor> sh_backward(const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
+at::Tensor sh_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&);
+std::vector<at::Tensor> sh_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
                                     const at::Tensor&);
 std::vector<at::Tensor> l1_ssim_loss(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
                                      double, double, bool);
@@ -38,9 +38,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("project_backward", &cr::project_backward, release(),
         "(means, quats, scales, viewmats, Ks, width, height, near, far, tile_size, g_means2d, g_conics, g_depths) "
         "-> [g_means, g_quats, g_scales]");
-  m.def("sh_forward", &cr::sh_forward, release(), "(means, coeffs, degree, viewmats) -> colors (C,N,3)");
+  m.def("sh_forward", &cr::sh_forward, release(), "(means, sh0, shN, degree, viewmats) -> colors (C,N,3)");
   m.def("sh_backward", &cr::sh_backward, release(),
-        "(means, coeffs, degree, viewmats, g_colors) -> [g_means, g_coeffs]");
+        "(means, sh0, shN, degree, viewmats, g_colors) -> [g_means, g_sh0, g_shN]");
   m.def("l1_ssim_loss", &cr::l1_ssim_loss, release(),
         "(pred, gt, mask, window, c1, c2, lam, need_grad) -> [loss, l1, ssim, grad]: (1-lam) L1 + lam (1-SSIM) of "
         "(H,W,C) images and its gradient to pred (csrc/loss.cpp)");

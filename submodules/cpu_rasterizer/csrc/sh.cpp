@@ -82,10 +82,19 @@ inline ShFactors sh_factors(int degree, const Dir& d) {
   return F;
 }
 
+// One Gaussian's coefficients, read where they are: the DC band (sh0) and the higher bands (shN) are
+// separate parameters of the model, so they are not concatenated first (a copy of every coefficient
+// per step, and its gradient split again in the backward).
+struct Coeffs {
+  const float* c0;  // (3,) the DC band
+  const float* cN;  // (K-1, 3) bands 1..K-1
+  float operator()(int k, int ch) const { return k == 0 ? c0[ch] : cN[3 * (k - 1) + ch]; }
+};
+
 // sum_k Y_k(dir) coeff[k] per channel, summed in projection.eval_sh's exact order.
-inline void eval_rgb(int degree, const float* co, const ShFactors& F, float out[3]) {
+inline void eval_rgb(int degree, const Coeffs& co, const ShFactors& F, float out[3]) {
   for (int ch = 0; ch < 3; ++ch) {
-    auto cf = [&](int k) { return co[3 * k + ch]; };
+    auto cf = [&](int k) { return co(k, ch); };
     float o = F.f[0] * cf(0);
     if (degree >= 1) o = ((o - F.f[1] * cf(1)) + F.f[2] * cf(2)) - F.f[3] * cf(3);
     if (degree >= 2)
@@ -129,29 +138,45 @@ inline void basis_grad(int degree, const Dir& d, float dY[16][3]) {
   }
 }
 
-void check(const at::Tensor& means, const at::Tensor& coeffs, int64_t degree, const at::Tensor& viewmats) {
-  for (const at::Tensor* t : {&means, &coeffs, &viewmats})
+// The coefficients as (N,1,3) sh0 and (N,K-1,3) shN float32 CPU tensors whose last two dimensions are
+// packed (channels, then bands); the Gaussian stride is free, so the two halves of one (N,K,3) tensor
+// (coeffs[:, :1], coeffs[:, 1:]) are accepted as they are.
+struct ShInputs {
+  const float* sh0;
+  const float* shN;
+  int64_t s0, sN;  // floats from one Gaussian to the next
+  int64_t K;       // bases in all
+  Coeffs at(int64_t n) const { return Coeffs{sh0 + n * s0, shN + n * sN}; }
+};
+
+ShInputs check(const at::Tensor& means, const at::Tensor& sh0, const at::Tensor& shN, int64_t degree,
+               const at::Tensor& viewmats) {
+  for (const at::Tensor* t : {&means, &viewmats})
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous(),
                 "cpu rasterizer: expected contiguous float32 CPU tensors");
+  for (const at::Tensor* t : {&sh0, &shN})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 3 && t->size(0) == means.size(0) &&
+                    t->size(2) == 3 && t->stride(2) == 1 && (t->size(1) <= 1 || t->stride(1) == 3),
+                "cpu rasterizer: SH coefficients must be float32 CPU tensors (N,B,3) with packed bands");
   TORCH_CHECK(degree >= 0 && degree <= 3, "sh_degree must be in 0..3");
   TORCH_CHECK(means.dim() == 2 && means.size(1) == 3, "means must be (N,3)");
-  TORCH_CHECK(coeffs.dim() == 3 && coeffs.size(0) == means.size(0) && coeffs.size(2) == 3 &&
-                  coeffs.size(1) >= (degree + 1) * (degree + 1),
-              "SH coefficients must be (N,K,3) with K >= (sh_degree+1)^2");
+  TORCH_CHECK(sh0.size(1) == 1 && 1 + shN.size(1) >= (degree + 1) * (degree + 1),
+              "SH coefficients must be sh0 (N,1,3) and shN (N,K-1,3) with K >= (sh_degree+1)^2");
   TORCH_CHECK(viewmats.dim() == 3 && viewmats.size(1) == 4 && viewmats.size(2) == 4, "viewmats must be (C,4,4)");
+  return ShInputs{sh0.data_ptr<float>(), shN.data_ptr<float>(), sh0.stride(0), shN.stride(0), 1 + shN.size(1)};
 }
 
 }  // namespace
 
 // colours (C,N,3)
-at::Tensor sh_forward(const at::Tensor& means, const at::Tensor& coeffs, int64_t degree, const at::Tensor& viewmats) {
-  check(means, coeffs, degree, viewmats);
-  const int64_t N = means.size(0), C = viewmats.size(0), K = coeffs.size(1);
+at::Tensor sh_forward(const at::Tensor& means, const at::Tensor& sh0, const at::Tensor& shN, int64_t degree,
+                      const at::Tensor& viewmats) {
+  const ShInputs co = check(means, sh0, shN, degree, viewmats);
+  const int64_t N = means.size(0), C = viewmats.size(0);
   std::vector<float> cps(3 * C);
   for (int64_t c = 0; c < C; ++c) camera_center(viewmats.data_ptr<float>() + 16 * c, cps.data() + 3 * c);
   at::Tensor colors = at::empty({C, N, 3}, at::kFloat);
   const float* m = means.data_ptr<float>();
-  const float* co = coeffs.data_ptr<float>();
   float* out = colors.data_ptr<float>();
   const int deg = static_cast<int>(degree);
   parallel_range(N, 1024, [&](int64_t b, int64_t e) {
@@ -159,18 +184,18 @@ at::Tensor sh_forward(const at::Tensor& means, const at::Tensor& coeffs, int64_t
       for (int64_t n = b; n < e; ++n) {
         const Dir d = view_dir(m + 3 * n, cps.data() + 3 * c);
         float v[3];
-        eval_rgb(deg, co + n * K * 3, sh_factors(deg, d), v);
+        eval_rgb(deg, co.at(n), sh_factors(deg, d), v);
         for (int ch = 0; ch < 3; ++ch) out[(c * N + n) * 3 + ch] = std::max(v[ch] + 0.5f, 0.0f);
       }
   });
   return colors;
 }
 
-// Gradients w.r.t. means (N,3) and coefficients (N,K,3), from that of the colours (C,N,3).
-std::vector<at::Tensor> sh_backward(const at::Tensor& means, const at::Tensor& coeffs, int64_t degree,
-                                    const at::Tensor& viewmats, const at::Tensor& g_colors) {
-  check(means, coeffs, degree, viewmats);
-  const int64_t N = means.size(0), C = viewmats.size(0), K = coeffs.size(1);
+// Gradients w.r.t. means (N,3), sh0 (N,1,3) and shN (N,K-1,3), from that of the colours (C,N,3).
+std::vector<at::Tensor> sh_backward(const at::Tensor& means, const at::Tensor& sh0, const at::Tensor& shN,
+                                    int64_t degree, const at::Tensor& viewmats, const at::Tensor& g_colors) {
+  const ShInputs co = check(means, sh0, shN, degree, viewmats);
+  const int64_t N = means.size(0), C = viewmats.size(0), K = co.K;
   TORCH_CHECK(g_colors.scalar_type() == at::kFloat && g_colors.is_contiguous() && g_colors.numel() == C * N * 3,
               "cpu rasterizer: bad colour gradient");
   std::vector<float> cps(3 * C);
@@ -178,17 +203,18 @@ std::vector<at::Tensor> sh_backward(const at::Tensor& means, const at::Tensor& c
   // Each Gaussian's rows are accumulated locally and written once (the coefficients' gradient is the
   // size of the coefficients: a zero-fill first would be a second pass over it).
   at::Tensor g_means = at::empty({N, 3}, at::kFloat);
-  at::Tensor g_coeffs = at::empty({N, K, 3}, at::kFloat);
+  at::Tensor g_sh0 = at::empty({N, 1, 3}, at::kFloat);
+  at::Tensor g_shN = at::empty({N, K - 1, 3}, at::kFloat);
   const float* m = means.data_ptr<float>();
-  const float* co = coeffs.data_ptr<float>();
   const float* gc = g_colors.data_ptr<float>();
   float* o_gm = g_means.data_ptr<float>();
-  float* o_gc = g_coeffs.data_ptr<float>();
+  float* o_g0 = g_sh0.data_ptr<float>();
+  float* o_gN = g_shN.data_ptr<float>();
   const int deg = static_cast<int>(degree);
   parallel_range(N, 512, [&](int64_t b, int64_t e) {
     float dY[16][3];
     for (int64_t n = b; n < e; ++n) {
-      const float* cn = co + n * K * 3;
+      const Coeffs cn = co.at(n);
       float gcn[16 * 3] = {0};  // the used bases; higher ones (K > (degree+1)^2) get zero
       float gmean[3] = {0, 0, 0};
       for (int64_t c = 0; c < C; ++c) {
@@ -208,7 +234,7 @@ std::vector<at::Tensor> sh_backward(const at::Tensor& means, const at::Tensor& c
           float s = 0.0f;
           for (int ch = 0; ch < 3; ++ch) {
             gcn[3 * k + ch] += Yk * go[ch];
-            s += cn[3 * k + ch] * go[ch];
+            s += cn(k, ch) * go[ch];
           }
           for (int i = 0; i < 3; ++i) gdir[i] += dY[k][i] * s;
         }
@@ -224,12 +250,14 @@ std::vector<at::Tensor> sh_backward(const at::Tensor& means, const at::Tensor& c
         }
       }
       for (int i = 0; i < 3; ++i) o_gm[3 * n + i] = gmean[i];
-      const int nb = 3 * (deg + 1) * (deg + 1);
-      std::copy(gcn, gcn + nb, o_gc + n * K * 3);
-      std::fill(o_gc + n * K * 3 + nb, o_gc + (n + 1) * K * 3, 0.0f);
+      const int nb = 3 * (deg + 1) * (deg + 1);  // >= 3: the DC band's three
+      std::copy(gcn, gcn + 3, o_g0 + n * 3);
+      float* gN = o_gN + n * (K - 1) * 3;
+      std::copy(gcn + 3, gcn + nb, gN);
+      std::fill(gN + (nb - 3), gN + (K - 1) * 3, 0.0f);
     }
   });
-  return {g_means, g_coeffs};
+  return {g_means, g_sh0, g_shN};
 }
 
 }  // namespace cpu_rasterizer
