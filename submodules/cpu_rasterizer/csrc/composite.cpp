@@ -56,10 +56,11 @@ void for_chunks(int64_t n, int parts, const F& f) {
   for (int k = 0; k < parts; ++k) f(k, chunk_begin(n, parts, k), chunk_begin(n, parts, k + 1));
 }
 
-// Threads for a pass over n items: only large passes are split. Every parallel region ends in a
-// barrier, and on a machine shared with other jobs a barrier can wait for a preempted thread for a whole
-// scheduler slice, so the cheap binning passes stay serial unless they are big (about 1M items).
-constexpr int64_t kBinGrain = int64_t(1) << 19;
+// Threads for a pass over n items: passes over fewer than kBinGrain items stay serial. The binning of
+// a camera is about a quarter of the compositing forward's time at 100k Gaussians, so serial binning
+// left a core idle for that long every step (issue 15's profile); below ~32k items a parallel region
+// (and its barrier) costs more than it saves.
+constexpr int64_t kBinGrain = int64_t(1) << 15;
 
 inline int chunks_for(int64_t n, int64_t grain) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), n / grain)));
