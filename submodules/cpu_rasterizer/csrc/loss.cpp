@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "parallel.h"
@@ -60,6 +61,34 @@ inline double row_sum(const float* v, int n) {
     for (int j = 0; j < 4; ++j) a[j] += v[e + j];
   for (; e < n; ++e) a[0] += v[e];
   return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+// The per-value part of pass 1 for one row: the weighted SSIM map s and |x - y| (ad), and with G the three
+// gradient maps. A separate function per G with no conditional load or store in the loop, so that the
+// compiler vectorises it; the expressions are the same either way, hence the same bits.
+template <bool G>
+void ssim_pointwise(int n, const float* __restrict mx, const float* __restrict my, const float* __restrict exx,
+                    const float* __restrict eyy, const float* __restrict exy, const float* __restrict w,
+                    const float* __restrict xi, const float* __restrict yi, float fc1, float fc2, float* __restrict s,
+                    float* __restrict ad, float* __restrict pm, float* __restrict pe, float* __restrict px) {
+  for (int e = 0; e < n; ++e) {
+    const float mxy = mx[e] * my[e], mxx = mx[e] * mx[e], myy = my[e] * my[e];
+    const float a1 = 2.0f * mxy + fc1;
+    const float a2 = 2.0f * (exy[e] - mxy) + fc2;
+    const float b1 = (mxx + myy) + fc1;
+    const float b2 = ((exx[e] - mxx) + (eyy[e] - myy)) + fc2;
+    const float bb = b1 * b2;
+    const float si = (a1 * a2) / bb;
+    const float wi = w[e];
+    s[e] = wi * si;
+    ad[e] = wi * std::fabs(xi[e] - yi[e]);
+    if (G) {
+      const float gb = wi / bb;
+      pm[e] = 2.0f * gb * (my[e] * (a2 - a1) + mx[e] * si * (b1 - b2));
+      pe[e] = -(wi * si) / b2;
+      px[e] = 2.0f * gb * a1;
+    }
+  }
 }
 
 }  // namespace
@@ -107,6 +136,7 @@ std::vector<at::Tensor> l1_ssim_loss(const at::Tensor& pred, const at::Tensor& g
     float *mx = tmp.get(), *my = mx + n, *exx = my + n, *eyy = exx + n, *exy = eyy + n, *s = exy + n, *ad = s + n,
           *w = ad + n;
     float *v0 = v.row(0), *v1 = v.row(1), *v2 = v.row(2), *v3 = v.row(3), *v4 = v.row(4);
+    if (!masked) std::fill(w, w + n, 1.0f);
     for (int i = static_cast<int>(rb); i < static_cast<int>(re); ++i) {
       std::fill(v0, v0 + n, 0.0f);
       std::fill(v1, v1 + n, 0.0f);
@@ -133,30 +163,14 @@ std::vector<at::Tensor> l1_ssim_loss(const at::Tensor& pred, const at::Tensor& g
       blur_row(v2, exx, n, C, g);
       blur_row(v3, eyy, n, C, g);
       blur_row(v4, exy, n, C, g);
-      if (masked) weights(i, w);
+      if (masked) weights(i, w);  // else w holds ones (set once above)
       const float* __restrict xi = x + static_cast<int64_t>(i) * n;
       const float* __restrict yi = y + static_cast<int64_t>(i) * n;
       float* pm = need_grad ? P + static_cast<int64_t>(i) * n : nullptr;
-      float* pe = need_grad ? pm + plane : nullptr;
-      float* px = need_grad ? pe + plane : nullptr;
-      for (int e = 0; e < n; ++e) {
-        const float mxy = mx[e] * my[e], mxx = mx[e] * mx[e], myy = my[e] * my[e];
-        const float a1 = 2.0f * mxy + fc1;
-        const float a2 = 2.0f * (exy[e] - mxy) + fc2;
-        const float b1 = (mxx + myy) + fc1;
-        const float b2 = ((exx[e] - mxx) + (eyy[e] - myy)) + fc2;
-        const float bb = b1 * b2;
-        const float si = (a1 * a2) / bb;
-        const float wi = masked ? w[e] : 1.0f;
-        s[e] = wi * si;
-        ad[e] = wi * std::fabs(xi[e] - yi[e]);
-        if (need_grad) {
-          const float gb = wi / bb;
-          pm[e] = 2.0f * gb * (my[e] * (a2 - a1) + mx[e] * si * (b1 - b2));
-          pe[e] = -(wi * si) / b2;
-          px[e] = 2.0f * gb * a1;
-        }
-      }
+      if (need_grad)
+        ssim_pointwise<true>(n, mx, my, exx, eyy, exy, w, xi, yi, fc1, fc2, s, ad, pm, pm + plane, pm + 2 * plane);
+      else
+        ssim_pointwise<false>(n, mx, my, exx, eyy, exy, w, xi, yi, fc1, fc2, s, ad, nullptr, nullptr, nullptr);
       ssim_rows[i] = row_sum(s, n);
       l1_rows[i] = row_sum(ad, n);
       count_rows[i] = masked ? row_sum(w, n) : static_cast<double>(n);
@@ -184,6 +198,7 @@ std::vector<at::Tensor> l1_ssim_loss(const at::Tensor& pred, const at::Tensor& g
     std::unique_ptr<float[]> tmp(new float[static_cast<size_t>(4) * n]);
     float *bm = tmp.get(), *be = bm + n, *bx = be + n, *w = bx + n;
     float *v0 = v.row(0), *v1 = v.row(1), *v2 = v.row(2);
+    if (!masked) std::fill(w, w + n, 1.0f);
     for (int i = static_cast<int>(rb); i < static_cast<int>(re); ++i) {
       std::fill(v0, v0 + n, 0.0f);
       std::fill(v1, v1 + n, 0.0f);
@@ -204,14 +219,15 @@ std::vector<at::Tensor> l1_ssim_loss(const at::Tensor& pred, const at::Tensor& g
       blur_row(v0, bm, n, C, g);
       blur_row(v1, be, n, C, g);
       blur_row(v2, bx, n, C, g);
-      if (masked) weights(i, w);
+      if (masked) weights(i, w);  // else w holds ones (set once above)
       const float* __restrict xi = x + static_cast<int64_t>(i) * n;
       const float* __restrict yi = y + static_cast<int64_t>(i) * n;
+      const float* __restrict wr = w;
       float* __restrict go = gout + static_cast<int64_t>(i) * n;
       for (int e = 0; e < n; ++e) {
         const float d = xi[e] - yi[e];
         const float sgn = d > 0.0f ? 1.0f : (d < 0.0f ? -1.0f : 0.0f);  // torch's sign: 0 at 0
-        const float wi = masked ? w[e] : 1.0f;
+        const float wi = wr[e];
         const float dssim = (bm[e] + 2.0f * xi[e] * be[e]) + yi[e] * bx[e];
         go[e] = k_l1 * (wi * sgn) + k_ssim * dssim;
       }
