@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=7000)
     ap.add_argument("--split", choices=["val", "test"], default=None, help="held-out split to measure (default per scene)")
     ap.add_argument("--output", default="outputs")
+    ap.add_argument("--tag", default="", help="appended to the experiment name (bench-<scene>-<steps>-<tag>), to run variants side by side")
     ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
     ap.add_argument("--resume", action="store_true",
                     help="continue the experiment from its last.ckpt (a long run split over sessions; pass "
@@ -74,7 +75,7 @@ def main() -> None:
         data = DATA / folder
         if not data.exists():
             sys.exit(f"skip: {data} not found (set GS_SHARED_DATA)")
-    name = f"bench-{args.scene}-{args.steps}"
+    name = f"bench-{args.scene}-{args.steps}" + (f"-{args.tag}" if args.tag else "")
     s = args.steps
     cmd = [sys.executable, "main.py", "fit"] + sum((["--config", c] for c in configs), []) + [
         "--data.path", str(data), "-n", name, "--output", args.output,
@@ -96,7 +97,7 @@ def main() -> None:
     ckpt = torch.load(exp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     n = int(ckpt["state_dict"]["gaussians.means"].shape[0])
     sheet = contact_sheet(exp / "renders" / f"{split}-step={s}", exp / f"contact_sheet_{split}.png")
-    rec = {"scene": args.scene, "steps": s, "split": split, "fit_wall_s": round(fit_s, 1), "gaussians": n,
+    rec = {"scene": args.scene, "steps": s, "name": name, "options": extra, "split": split, "fit_wall_s": round(fit_s, 1), "gaussians": n,
            "psnr": round(mean["psnr"], 3), "ssim": round(mean["ssim"], 4), "images": mean["images"],
            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "contact_sheet": str(sheet),
            "resumed": args.resume}

@@ -32,6 +32,23 @@ from .optim import create_optimizer, exp_lr
 from .renderers import VanillaRenderer
 
 
+def block_mean(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """(H,W,C) -> (H//f, W//f, C): the mean of each f x f block of the top-left H//f*f x W//f*f pixels
+    (the crop and pixel edges Cameras.scaled assumes)."""
+    h, w, c = image.shape
+    h, w = h // factor, w // factor
+    return image[: h * factor, : w * factor].reshape(h, factor, w, factor, c).mean(dim=(1, 3))
+
+
+def _block_all(mask: Optional[torch.Tensor], factor: int) -> Optional[torch.Tensor]:
+    """A down-scaled pixel is used only where every pixel of its block was."""
+    if mask is None:
+        return None
+    h, w = mask.shape
+    h, w = h // factor, w // factor
+    return mask[: h * factor, : w * factor].reshape(h, factor, w, factor).all(dim=3).all(dim=1)
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; training stops and the last good checkpoint stays as it was."""
 
@@ -52,6 +69,13 @@ class OptimizationParams:
     """λ in (1-λ)·L1 + λ·(1-SSIM)."""
     sh_degree_interval: int = 1000
     """Raise the active SH degree by one every this many steps, up to `sh_degree`."""
+    num_downscales: int = 0
+    """Train on images down-scaled by 2^k early on (splatfacto's resolution schedule): steps
+    [0, resolution_schedule) at 1/2^num_downscales of the size, the next `resolution_schedule` steps at
+    twice that, ..., full size from num_downscales * resolution_schedule on. 0 = always full size.
+    Validation, test and the densification thresholds stay in full-size units."""
+    resolution_schedule: int = 3000
+    """Steps per resolution level of `num_downscales`."""
 
     def __post_init__(self):
         opt = "--model.optimization."
@@ -61,6 +85,12 @@ class OptimizationParams:
         check(self.means_lr_max_steps > 0, opt + "means_lr_max_steps", f"must be > 0, got {self.means_lr_max_steps}")
         check(0.0 <= self.ssim_weight <= 1.0, opt + "ssim_weight", f"must be in [0,1], got {self.ssim_weight}")
         check(self.sh_degree_interval > 0, opt + "sh_degree_interval", f"must be > 0, got {self.sh_degree_interval}")
+        check(0 <= self.num_downscales <= 4, opt + "num_downscales", f"must be in 0..4, got {self.num_downscales}")
+        check(self.resolution_schedule > 0, opt + "resolution_schedule", f"must be > 0, got {self.resolution_schedule}")
+
+    def downscale_factor(self, step: int) -> int:
+        """The integer factor the training images are down-scaled by at `step` (1 = full size)."""
+        return 2 ** max(self.num_downscales - step // self.resolution_schedule, 0)
 
 
 class GaussianSplatting(lightning.LightningModule):
@@ -169,12 +199,15 @@ class GaussianSplatting(lightning.LightningModule):
             # The image was composited on the scene background; put the random one behind it instead.
             a = batch.alpha.float()[..., None] / 255.0
             gt = gt + (1.0 - a) * (background - self.scene_background.to(gt.device))
-        out = self.renderer(self.gaussians, batch.camera, background)
+        factor = self.opt.downscale_factor(step)
+        camera, mask = batch.camera, batch.mask
+        if factor > 1:
+            camera, gt, mask = camera.scaled(factor), block_mean(gt, factor), _block_all(mask, factor)
+        out = self.renderer(self.gaussians, camera, background)
         collect_stats = self.density.wants_stats(step)  # no densification decision reads them afterwards
         if collect_stats:
             out.means2d.retain_grad()
         pred = out.colors[0]
-        mask = batch.mask
         loss = photometric_loss(pred, gt, mask, self.opt.ssim_weight)  # (1-λ)·L1 + λ·(1-SSIM), fused on the CPU
         # Its own novel-view renders: the photometric view's means2d gradient (densification) is untouched.
         guided = self.guidance(step, self.renderer, self.gaussians, background, self.generator) if self.guidance is not None else None
@@ -197,7 +230,9 @@ class GaussianSplatting(lightning.LightningModule):
 
         with torch.no_grad():
             if collect_stats and out.means2d.grad is not None:
-                self.density.update_stats(out.means2d.grad, out.radii, out.width, out.height)
+                # Screen radii in full-size pixels (the max_screen_size vote); the gradient is in NDC units.
+                radii = out.radii * factor if factor > 1 else out.radii
+                self.density.update_stats(out.means2d.grad, radii, out.width, out.height)
             info = self.density.step(
                 step, self.gaussians, optimizer.optimizer, float(self.extent), self.generator,
                 white_background=bool(self.scene_background.min() >= 1.0),

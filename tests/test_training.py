@@ -193,3 +193,49 @@ def test_bad_data_path_ends_the_cli_with_one_line_and_no_traceback(tmp_path):
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert f"error: {tmp_path / 'nowhere'}: does not exist" in r.stderr
+
+
+def test_resolution_schedule_factors_and_block_means():
+    from internal.data.cameras import Cameras
+    from internal.module import OptimizationParams, _block_all, block_mean
+
+    o = OptimizationParams(num_downscales=2, resolution_schedule=100)
+    assert [o.downscale_factor(s) for s in (0, 99, 100, 199, 200, 5000)] == [4, 4, 2, 2, 1, 1]
+    assert OptimizationParams().downscale_factor(0) == 1  # off by default: the 3DGS recipe is unchanged
+    img = torch.arange(7 * 5 * 3, dtype=torch.float32).reshape(7, 5, 3)
+    small = block_mean(img, 2)  # the top-left 6x4 pixels in 2x2 blocks, as Cameras.scaled assumes
+    assert small.shape == (3, 2, 3)
+    torch.testing.assert_close(small[1, 1], img[2:4, 2:4].reshape(-1, 3).mean(0))
+    cam = Cameras.from_numpy(torch.eye(3)[None], torch.zeros(1, 3), [50.0], [50.0], [2.5], [3.5], [5], [7])
+    assert (int(cam.scaled(2).width), int(cam.scaled(2).height)) == small.shape[1::-1]
+    mask = torch.ones(7, 5, dtype=torch.bool)
+    mask[0, 0] = False
+    m = _block_all(mask, 2)
+    assert m.shape == (3, 2) and not m[0, 0] and m.sum() == 5  # a block is used only if all its pixels are
+    assert _block_all(None, 2) is None
+    with pytest.raises(ConfigError, match="num_downscales"):
+        OptimizationParams(num_downscales=5)
+
+
+def test_fit_with_a_resolution_schedule_trains_at_low_resolution_first(demo, tmp_path):
+    steps = 90
+    cli = make_cli(demo, tmp_path, "ds", steps, "--model.optimization.num_downscales", "1",
+                   "--model.optimization.resolution_schedule", "45")
+    widths, render = [], cli.model.renderer.forward
+
+    def recording(gaussians, cameras, *args, **kwargs):
+        widths.append(int(cameras.width[0]))
+        return render(gaussians, cameras, *args, **kwargs)
+
+    cli.model.renderer.forward = recording
+    rec = fit(cli)
+    assert widths[:45] == [48] * 45 and widths[45:90] == [96] * 45  # half size, then full size
+    assert set(widths[90:]) == {96}  # validation: full size
+    first, last = sum(rec.losses[:10]) / 10, sum(rec.losses[-10:]) / 10
+    assert last < first, (first, last)
+    rows, mean = read_mean(tmp_path / "ds" / "metrics" / f"val-step={steps}.csv")
+    assert len(rows) == 1 + 3 and mean["psnr"] > 0
+    render = sorted((tmp_path / "ds" / "renders" / f"val-step={steps}").glob("*_render.png"))[0]
+    from PIL import Image
+
+    assert Image.open(render).size == (96, 96)  # evaluated at full size
