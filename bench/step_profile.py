@@ -76,6 +76,36 @@ class ProfileSteps(lightning.Callback):
         trainer.should_stop = True
 
 
+class PythonProfile(lightning.Callback):
+    """cProfile of the main thread over steps warmup+1 .. warmup+steps: where the Python time between the ops
+    goes (Lightning's loop and hooks, logging, the autograd engine's Python side). Sorted by own time."""
+
+    def __init__(self, warmup: int = 5, steps: int = 20, rows: int = 30):
+        self.warmup, self.steps, self.rows = warmup, steps, rows
+        self.seen = 0
+        self.prof = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.seen == self.warmup and self.prof is None:
+            import cProfile
+
+            self.prof = cProfile.Profile()
+            self.prof.enable()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen += 1
+        if self.prof is None or self.seen != self.warmup + self.steps:
+            return
+        import pstats
+
+        self.prof.disable()
+        print(f"\ncProfile over {self.steps} steps (per-step ms = cumulative / {self.steps}):")
+        st = pstats.Stats(self.prof)
+        st.sort_stats("tottime").print_stats(self.rows)
+        st.sort_stats("cumulative").print_stats(self.rows)
+        trainer.should_stop = True
+
+
 class CpuAccounting(lightning.Callback):
     """CPU time of the main thread and of the process per op and phase, over steps warmup+1 .. warmup+steps
     (see the module docstring). Ops called inside other ops' kernels are charged to the outer op."""
@@ -300,9 +330,12 @@ def main() -> None:
     ap.add_argument("--ab", metavar="LEVER", default="", help=f"time a lever off/on side by side: {', '.join(LEVERS)}")
     ap.add_argument("--accounting", action="store_true",
                     help="CPU-time accounting per op and phase instead of the profiler (not distorted by load)")
+    ap.add_argument("--python", action="store_true", help="cProfile of the main thread instead of the profiler")
     args, extra = ap.parse_known_args()  # anything else is passed on to main.py fit
     if args.ab:
         callback, cb_args = "bench.step_profile.AbSteps", dict(lever=args.ab, warmup=args.warmup, steps=args.steps)
+    elif args.python:
+        callback, cb_args = "bench.step_profile.PythonProfile", dict(warmup=args.warmup, steps=args.steps, rows=args.rows)
     elif args.accounting:
         callback, cb_args = "bench.step_profile.CpuAccounting", dict(warmup=args.warmup, steps=args.steps, rows=args.rows)
     else:
