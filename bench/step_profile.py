@@ -19,6 +19,9 @@ The main thread takes part in every parallel region, so its CPU time is about wh
 on an idle machine (a lower bound: waiting at a barrier is not CPU time), and process / main thread
 says how many cores an op keeps busy: 1.0 is serial, torch.get_num_threads() is perfectly parallel.
 
+--python runs cProfile on the main thread instead (Python functions and native calls by own and cumulative
+time: how much of the step is Lightning's loop, logging, our Python and the autograd engine).
+
 --ab LEVER measures one speed lever side by side in the same run: after the warm-up, steps alternate
 old / new / new / old ... (the lever off, then on), each step's wall time and main-thread CPU time are
 recorded, and the medians of each side and their new/old ratio are printed. Levers: see LEVERS.
