@@ -151,7 +151,8 @@ def rasterize(
         means (N,3); quats (N,4) wxyz, any norm; scales (N,3) activated (positive); opacities (N,) in [0,1];
         colors: SH coefficients (N,K,3) with `sh_degree` the active degree, or colours (N,3) / (C,N,3)
             with sh_degree=None; SH coefficients may also be the pair (sh0 (N,1,3), shN (N,K-1,3)) as
-            GaussianModel keeps them (the cpu backend reads them in place, the others join them); viewmats (C,4,4) world-to-camera (OpenCV); Ks (C,3,3);
+            GaussianModel keeps them (the cpu backend reads them in place, the others join them);
+        viewmats (C,4,4) world-to-camera (OpenCV); Ks (C,3,3);
         backgrounds: (3,) or (C,3) colour behind the Gaussians (default black).
     Returns:
         RenderOutput (see the module docstring for shapes).
