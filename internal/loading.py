@@ -427,6 +427,10 @@ class _GaussiansView:
     def get_sh(self):
         return self._t[4]
 
+    def sh_pair(self):
+        sh = self._t[4]
+        return sh[:, :1], sh[:, 1:]  # views: the cpu backend reads them in place
+
 
 def _render_with_renderer(model, means, quats, scales, opacities, sh, degree, viewmat, K, width, height, bg, group,
                           near=0.01, far=1e10, backend="auto"):
