@@ -130,6 +130,57 @@ def test_composite_matches_reference(seed, per_camera_opacity):
         assert g1[3].shape == opac.shape
 
 
+def test_binning_by_footprint_keeps_every_contribution():
+    """The kernels bin a Gaussian only into the tiles of its radius square that its alpha >= 1/255 ellipse
+    reaches (opacity-aware, with slack for float error): thin, tilted and faint Gaussians lose most of their
+    square. The result must still be the reference's (no pixel of a dropped tile had a contribution), and
+    the number of (tile, Gaussian) pairs must be well below the squares' tiles (else the lever is gone)."""
+    from internal.rasterize.projection import tile_bounds
+
+    g = torch.Generator().manual_seed(7)
+    W, H, N = 96, 80, 300
+    means2d = torch.rand(1, N, 2, generator=g) * torch.tensor([W + 20.0, H + 20.0]) - 10.0
+    theta = torch.rand(N, generator=g) * math.pi
+    sig_major = 1.0 + torch.rand(N, generator=g) * 14.0
+    sig_minor = sig_major / (1.0 + torch.rand(N, generator=g) * 19.0)  # up to 1:20
+    c, s_ = torch.cos(theta), torch.sin(theta)
+    rot = torch.stack([torch.stack([c, -s_], -1), torch.stack([s_, c], -1)], -2)
+    cov = rot @ torch.diag_embed(torch.stack([sig_major, sig_minor], -1) ** 2) @ rot.transpose(-1, -2)
+    inv = torch.linalg.inv(cov)
+    conics = torch.stack([inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 1]], -1)[None].float().contiguous()
+    opac = torch.cat([torch.rand(N - 20, generator=g) ** 3, torch.full((20,), 1.0 / 255.0 - 1e-4)])  # many faint
+    radii = torch.ceil(3.0 * sig_major)[None].int()
+    depths = torch.rand(1, N, generator=g) * 10.0
+    features = torch.rand(1, N, 3, generator=g)
+    ambiguous = ambiguous_composite_pixels(means2d, conics, opac, depths, radii, W, H)
+    assert ambiguous.float().mean() <= AMBIGUOUS_PIXEL_FRACTION
+    keep = (~ambiguous)[..., None].float()
+
+    def composite(fn):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (means2d, conics, features, opac)]
+        render, alpha = fn(*leaves, depths, radii, W, H)
+        gr = torch.Generator().manual_seed(5)
+        ((render * torch.randn(render.shape, generator=gr) * keep).sum()
+         + (alpha * torch.randn(alpha.shape, generator=gr) * keep).sum()).backward()
+        return render, alpha, [x.grad for x in leaves]
+
+    r0, a0, g0 = composite(reference.composite)
+    assert float(a0.detach().max()) > 0.5  # the scene is not empty
+    x0, x1, y0, y1 = tile_bounds(means2d, radii, W, H)
+    square_pairs = int(((x1 - x0).clamp_min(0) * (y1 - y0).clamp_min(0)).sum())
+    for level in LEVELS:
+        with kernels(level):
+            r1, a1, g1 = composite(native.composite)
+            out = native._C.composite_forward(means2d, conics, features, opac, depths, radii, W, H, 16)
+        assert_images_close(f"[{level}] render", r1, r0, ambiguous)
+        assert_images_close(f"[{level}] alpha", a1, a0, ambiguous)
+        for name, x, y in zip(("means2d", "conics", "features", "opacities"), g1, g0):
+            assert_grads_close(f"[{level}] {name}", x, y)
+        pairs = out[5].numel()  # [render, alpha, last, t_final, tile_offsets, isect, ...]
+        assert pairs < 0.6 * square_pairs, (level, pairs, square_pairs)
+        assert torch.equal(g1[3][-20:], torch.zeros(20))  # never above 1/255: not binned, no gradient
+
+
 @pytest.mark.parametrize("channels", [1, 3, 7, 32])
 def test_composite_any_channel_count(channels):
     s = random_scene(3, n=200, cameras=1, width=40, height=33)

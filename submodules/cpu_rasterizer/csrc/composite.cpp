@@ -2,12 +2,14 @@
 // compositing of 16x16 tiles, with a hand-written backward.
 //
 // Layout of the work, per camera:
-//   1. bin:      the visible Gaussians (radius > 0, non-empty tile rect) are sorted once by depth
+//   1. bin:      the visible Gaussians (radius > 0, and a footprint that reaches a tile of their radius
+//                rect: footprint_tiles) are sorted once by depth
 //                (stable LSD radix sort on the float bits, so ties keep ascending index order), and
 //                then scattered into per-tile lists in that order. Each tile list is therefore in
 //                (depth, index) order without a per-tile sort, and holds *ranks* in the depth-sorted
 //                array, so a tile walks the packed Gaussian parameters forwards in memory.
-//   2. pack:     the parameters each tile needs are copied into one contiguous record per rank.
+//   2. pack:     the parameters each tile needs are copied into one contiguous record per rank
+//                (kept for the backward).
 //   3. composite: OpenMP over tiles (dynamic schedule, longest lists first); the per-tile kernels
 //                are in tile_kernels.h.
 // The backward replays each pixel back to front from its last contributor, recovering the
@@ -147,7 +149,9 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
     int64_t cnt = 0;
     for (int64_t n = b; n < e; ++n) {
       const int32_t r = in.radii[n];
-      rects[n] = r > 0 ? tile_rect(in.means2d[2 * n], in.means2d[2 * n + 1], r, tiles_x, tiles_y) : Rect{0, 0, 0, 0};
+      rects[n] = r > 0 ? footprint_tiles(tile_rect(in.means2d[2 * n], in.means2d[2 * n + 1], r, tiles_x, tiles_y),
+                                         in.means2d + 2 * n, in.conics + 3 * n, in.opacities[n])
+                       : Rect{0, 0, 0, 0};
       cnt += rects[n].area() > 0;
     }
     chunk_count[k + 1] = cnt;
@@ -222,10 +226,12 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
   return b;
 }
 
-// Packed records of the visible Gaussians in rank (depth) order; see pack_record.
-std::unique_ptr<float[]> pack_gaussians(const CameraInputs& in, const int32_t* vis_ids, int64_t V) {
+// Packed records of the visible Gaussians in rank (depth) order, (V, kHead + D); see pack_record. The
+// forward keeps them for the backward, which reads the same inputs.
+at::Tensor pack_gaussians(const CameraInputs& in, const int32_t* vis_ids, int64_t V) {
   const int stride = kHead + in.D;
-  std::unique_ptr<float[]> packed = uninitialized<float>(static_cast<size_t>(V) * stride);
+  at::Tensor out = at::empty({V, stride}, at::kFloat);
+  float* packed = out.data_ptr<float>();
   parallel_range(V, 2048, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       if (r + 16 < e) {  // ranks are in depth order, so the inputs are read at random: fetch ahead
@@ -236,11 +242,11 @@ std::unique_ptr<float[]> pack_gaussians(const CameraInputs& in, const int32_t* v
         __builtin_prefetch(in.features + m * in.D);
       }
       const int64_t n = vis_ids[r];
-      pack_record(packed.get() + r * stride, in.means2d + 2 * n, in.conics + 3 * n, in.opacities[n],
+      pack_record(packed + r * stride, in.means2d + 2 * n, in.conics + 3 * n, in.opacities[n],
                   in.features + n * in.D, in.D);
     }
   });
-  return packed;
+  return out;
 }
 
 // Tiles longest list first: with a dynamic schedule the long tiles start early and the short ones fill
@@ -321,10 +327,70 @@ void dispatch_channels(int D, const F& f) {
   }
 }
 
+
+// The reduction of composite_backward's (tile, Gaussian) slots of one tile group into the gradients:
+// each rank in [b, e) adds its slots of the group (slot positions [pos_lo, pos_hi)), in tile order, to
+// its Gaussian's gradient (6 + D floats: mean 2, conic 3, opacity, features). A Gaussian's running sum
+// is held in NV 16-lane registers (lane q = quantity q) while its slots stream in; summing in memory
+// made every addition wait for the store of the one before (the loop ran at store-forwarding latency,
+// a quarter of the whole backward). Each lane adds the same values in the same order as scalar sums
+// in memory would, so the result is bitwise the same.
+struct SlotSums {
+  static constexpr int kPad = 48;  // floats readable past the last slot (NV <= 3 vectors from its start)
+  const int32_t* vis_ids;
+  const int64_t* vis_start;
+  const int32_t* entry_pos;
+  int64_t* cursor;
+  int64_t K;
+  const float* slots;
+  int64_t pos_lo, pos_hi;
+  int sstride;
+  float *gm, *gc, *gf, *go;
+  int D;
+
+  template <int NV>
+  void add(int64_t b, int64_t e) const {
+    alignas(64) float buf[16 * NV];
+    for (int64_t r = b; r < e; ++r) {
+      if (r + 8 < e) {  // the outputs are indexed by Gaussian, i.e. at random in rank order: fetch ahead
+        const int64_t m8 = vis_ids[r + 8];
+        __builtin_prefetch(gm + 2 * m8, 1);
+        __builtin_prefetch(gc + 3 * m8, 1);
+        __builtin_prefetch(gf + m8 * D, 1);
+        __builtin_prefetch(go + m8, 1);
+      }
+      int64_t k = cursor[r];
+      const int64_t k_end = vis_start[r + 1];
+      if (k >= k_end || entry_pos[k] >= pos_hi) continue;  // no slot in this group
+      const int64_t n = vis_ids[r];
+      float* m = gm + 2 * n;
+      float* cn = gc + 3 * n;
+      float* f = gf + n * D;
+      std::fill(buf, buf + 16 * NV, 0.0f);
+      buf[0] = m[0], buf[1] = m[1], buf[2] = cn[0], buf[3] = cn[1], buf[4] = cn[2], buf[5] = go[n];
+      for (int d = 0; d < D; ++d) buf[6 + d] = f[d];
+      vf16 acc[NV];
+      for (int v = 0; v < NV; ++v) acc[v] = load<vf16>(buf + 16 * v);
+      for (; k < k_end && entry_pos[k] < pos_hi; ++k) {
+        // Slots are read at random: fetch ahead along entry_pos (contiguous across ranks).
+        if (k + 16 < K) {
+          const int64_t ahead = static_cast<int64_t>(entry_pos[k + 16]) - pos_lo;
+          if (ahead >= 0 && ahead < pos_hi - pos_lo) __builtin_prefetch(slots + ahead * sstride);
+        }
+        const float* s = slots + (static_cast<int64_t>(entry_pos[k]) - pos_lo) * sstride;
+        for (int v = 0; v < NV; ++v) acc[v] += load<vf16>(s + 16 * v);
+      }
+      cursor[r] = k;
+      for (int v = 0; v < NV; ++v) store(buf + 16 * v, acc[v]);
+      m[0] = buf[0], m[1] = buf[1], cn[0] = buf[2], cn[1] = buf[3], cn[2] = buf[4], go[n] = buf[5];
+      for (int d = 0; d < D; ++d) f[d] = buf[6 + d];
+    }
+  }
+};
 }  // namespace
 
 // Returns [render (C,H,W,D), alpha (C,H,W,1), last (C,H,W) int32, t_final (C,H,W), then per camera
-// tile_offsets, isect, vis_ids, vis_start, entry_pos] - everything the backward needs.
+// tile_offsets, isect, vis_ids, vis_start, entry_pos, packed] - everything the backward needs.
 std::vector<at::Tensor> composite_forward(const at::Tensor& means2d, const at::Tensor& conics,
                                           const at::Tensor& features, const at::Tensor& opacities,
                                           const at::Tensor& depths, const at::Tensor& radii, int64_t width,
@@ -345,7 +411,7 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& means2d, const at::T
     const CameraInputs in = camera_inputs(means2d, conics, features, opacities, depths, radii, c);
     Binning b = bin_camera(in, tiles_x, tiles_y);
     const int64_t V = b.vis_ids.size(0);
-    const std::unique_ptr<float[]> packed = pack_gaussians(in, b.vis_ids.data_ptr<int32_t>(), V);
+    const at::Tensor packed = pack_gaussians(in, b.vis_ids.data_ptr<int32_t>(), V);
     const int64_t* offsets = b.tile_offsets.data_ptr<int64_t>();
     const int32_t* isect = b.isect.data_ptr<int32_t>();
     const int64_t pix = int64_t(H) * W;
@@ -358,8 +424,8 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& means2d, const at::T
       constexpr int DC = decltype(dc)::value;
       for_each_tile<ForwardTile<DC>>(order, [&](ForwardTile<DC>& kernel, int64_t t) {
         const TileGeometry tg = tile_geometry(t, tiles_x, W, H);
-        kernel.run(packed.get(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, r_c, a_c, l_c,
-                         t_c);
+        kernel.run(packed.data_ptr<float>(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, r_c, a_c,
+                   l_c, t_c);
       });
     });
     out.push_back(b.tile_offsets);
@@ -367,6 +433,7 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& means2d, const at::T
     out.push_back(b.vis_ids);
     out.push_back(b.vis_start);
     out.push_back(b.entry_pos);
+    out.push_back(packed);
   }
   return out;
 }
@@ -384,7 +451,8 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
   const int W = static_cast<int>(width), H = static_cast<int>(height);
   const int32_t tiles_x = (W + kTile - 1) / kTile, tiles_y = (H + kTile - 1) / kTile;
   const int64_t n_tiles = int64_t(tiles_x) * tiles_y;
-  TORCH_CHECK(static_cast<int64_t>(state.size()) == 2 + 5 * C, "cpu rasterizer: bad saved state");
+  constexpr int kPerCamera = 6;  // composite_forward's per-camera state tensors
+  TORCH_CHECK(static_cast<int64_t>(state.size()) == 2 + kPerCamera * C, "cpu rasterizer: bad saved state");
   TORCH_CHECK(g_render.is_contiguous() && g_render.scalar_type() == at::kFloat &&
                   g_render.sizes() == at::IntArrayRef({C, H, W, D}),
               "cpu rasterizer: grad of render must be a contiguous float32 (C,H,W,D) tensor");
@@ -410,17 +478,19 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
   const int64_t group_entries = std::max<int64_t>(1, slot_budget / (4 * sstride));
   const int64_t pix = int64_t(H) * W;
   for (int64_t c = 0; c < C; ++c) {
-    const CameraInputs in = camera_inputs(means2d, conics, features, opacities, depths, radii, c);
-    const int64_t* offsets = state[2 + 5 * c].data_ptr<int64_t>();
-    const int32_t* isect = state[2 + 5 * c + 1].data_ptr<int32_t>();
-    const int32_t* vis_ids = state[2 + 5 * c + 2].data_ptr<int32_t>();
-    const int64_t* vis_start = state[2 + 5 * c + 3].data_ptr<int64_t>();
-    const int32_t* entry_pos = state[2 + 5 * c + 4].data_ptr<int32_t>();
-    const int64_t V = state[2 + 5 * c + 2].size(0);
-    const int64_t K = state[2 + 5 * c + 4].size(0);
-    TORCH_CHECK(state[2 + 5 * c].size(0) == n_tiles + 1, "cpu rasterizer: saved state does not match the image size");
+    const at::Tensor* st = state.data() + 2 + kPerCamera * c;
+    const int64_t* offsets = st[0].data_ptr<int64_t>();
+    const int32_t* isect = st[1].data_ptr<int32_t>();
+    const int32_t* vis_ids = st[2].data_ptr<int32_t>();
+    const int64_t* vis_start = st[3].data_ptr<int64_t>();
+    const int32_t* entry_pos = st[4].data_ptr<int32_t>();
+    const int64_t V = st[2].size(0);
+    const int64_t K = st[4].size(0);
+    TORCH_CHECK(st[0].size(0) == n_tiles + 1, "cpu rasterizer: saved state does not match the image size");
+    TORCH_CHECK(st[5].dim() == 2 && st[5].size(0) == V && st[5].size(1) == kHead + D && st[5].is_contiguous(),
+                "cpu rasterizer: saved state does not match the inputs");
     if (V == 0) continue;
-    const std::unique_ptr<float[]> packed = pack_gaussians(in, vis_ids, V);
+    const float* packed = st[5].data_ptr<float>();
     const float* gr_c = g_render.data_ptr<float>() + c * pix * D;
     const float* ga_c = g_alpha.data_ptr<float>() + c * pix;
     const int32_t* l_c = last.data_ptr<int32_t>() + c * pix;
@@ -433,7 +503,10 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
         max_group = std::max(max_group, offsets[t] - offsets[groups.back()]);
         groups.push_back(t);
       }
-    const std::unique_ptr<float[]> slots = uninitialized<float>(static_cast<size_t>(max_group) * sstride);
+    // (SlotSums reads whole 16-float vectors from a slot's start: padding past the last slot, zeroed.)
+    const size_t n_slot_floats = static_cast<size_t>(max_group) * sstride;
+    const std::unique_ptr<float[]> slots = uninitialized<float>(n_slot_floats + SlotSums::kPad);
+    std::fill(slots.get() + n_slot_floats, slots.get() + n_slot_floats + SlotSums::kPad, 0.0f);
     const std::unique_ptr<int64_t[]> cursor = uninitialized<int64_t>(V);
     std::copy(vis_start, vis_start + V, cursor.get());
     // The sums accumulate directly in the (zero-initialised) gradient outputs.
@@ -451,42 +524,20 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& means2d, const at::
         constexpr int DC = decltype(dc)::value;
         for_each_tile<BackwardTile<DC>>(order, [&](BackwardTile<DC>& kernel, int64_t t) {
           const TileGeometry tg = tile_geometry(t, tiles_x, W, H);
-          kernel.run(packed.get(), D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, gr_c, ga_c, l_c, t_c,
+          kernel.run(packed, D, isect + offsets[t], offsets[t + 1] - offsets[t], tg, W, gr_c, ga_c, l_c, t_c,
                      slots.get() + (offsets[t] - pos_lo) * sstride);
         });
       });
       // Each Gaussian's entries are in tile order, so those of this group are the next ones from its cursor.
+      const SlotSums sums{vis_ids, vis_start, entry_pos, cursor.get(), K, slots.get(), pos_lo, pos_hi, sstride, gm, gc, gf, go, D};
+      const int nv = (sstride + 15) / 16;
       parallel_range(V, 1024, [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r) {
-          if (r + 8 < e) {  // the outputs are indexed by Gaussian, i.e. at random in rank order: fetch ahead
-            const int64_t m8 = vis_ids[r + 8];
-            __builtin_prefetch(gm + 2 * m8, 1);
-            __builtin_prefetch(gc + 3 * m8, 1);
-            __builtin_prefetch(gf + m8 * D, 1);
-            __builtin_prefetch(go + m8, 1);
-          }
-          const int64_t n = vis_ids[r];
-          float* m = gm + 2 * n;
-          float* cn = gc + 3 * n;
-          float* f = gf + n * D;
-          int64_t k = cursor[r];
-          for (; k < vis_start[r + 1] && entry_pos[k] < pos_hi; ++k) {
-            // Slots are read at random: fetch ahead along entry_pos (contiguous across ranks).
-            if (k + 16 < K) {
-              const int64_t ahead = static_cast<int64_t>(entry_pos[k + 16]) - pos_lo;
-              if (ahead >= 0 && ahead < pos_hi - pos_lo) __builtin_prefetch(slots.get() + ahead * sstride);
-            }
-            const float* s = slots.get() + (static_cast<int64_t>(entry_pos[k]) - pos_lo) * sstride;
-            m[0] += s[0];
-            m[1] += s[1];
-            cn[0] += s[2];
-            cn[1] += s[3];
-            cn[2] += s[4];
-            go[n] += s[5];
-            for (int d = 0; d < D; ++d) f[d] += s[6 + d];
-          }
-          cursor[r] = k;
-        }
+        if (nv == 1)
+          sums.add<1>(b, e);
+        else if (nv == 2)
+          sums.add<2>(b, e);
+        else
+          sums.add<3>(b, e);
       });
     }
   }

@@ -43,6 +43,39 @@ constexpr int kBatch = 128;  // Gaussians per batch: unit lists and backward sum
 // relatively (and absolutely, for exp's own rounding) covers; 2 tau a is widened by a further 1e-5
 // for the float32 row arithmetic in unit_mask. Ill-conditioned or indefinite conics get no bound
 // (every pixel of the tile is evaluated).
+struct Footprint {
+  enum Kind { kNever, kUnbounded, kBounded } kind;
+  double two_tau, det;  // the widened 2 tau and det(Q) (kBounded only)
+  double ex, ey;        // half-width and half-height of the ellipse in pixels, with slack (kBounded only)
+};
+
+inline Footprint footprint(const float* conic, float opacity) {
+  Footprint f{Footprint::kUnbounded, 0.0, 0.0, 0.0, 0.0};
+  if (!(opacity >= kAlphaMin)) {  // exp(P) <= 1: alpha < 1/255 everywhere (also catches NaN)
+    f.kind = Footprint::kNever;
+    return f;
+  }
+  const double da = conic[0], db = conic[1], dc = conic[2];
+  const double det = da * dc - db * db;
+  if (!(da > 0.0 && dc > 0.0 && det > 0.0) || !std::isfinite(det)) return f;
+  const double mid = 0.5 * (da + dc);
+  const double lmax = mid + std::sqrt(std::max(0.0, mid * mid - det)), lmin = det / lmax;
+  const double kappa = lmax / lmin;
+  if (!(kappa < 1e4)) return f;
+  const double eps = 1.0 / (1 << 20);  // 16 ulps of float32, generous
+  // logf errs by ~1e-7 of a value below 6: far inside the 1e-5 slack.
+  const double tau = (static_cast<double>(std::log(255.0f * opacity)) + 1e-5) / (1.0 - 4.0 * eps * kappa);
+  const double two_tau = 2.0 * std::max(tau, 0.0) * (1.0 + 1e-6);
+  const double ey = std::sqrt(two_tau * da / det) * (1.0 + 1e-4) + 1e-3;
+  if (!std::isfinite(ey) || !(ey < 1e7)) return f;
+  f.kind = Footprint::kBounded;
+  f.two_tau = two_tau;
+  f.det = det;
+  f.ex = std::sqrt(two_tau * dc / det) * (1.0 + 1e-4) + 1e-3;  // (binning only; +inf or NaN: no cut in x)
+  f.ey = ey;
+  return f;
+}
+
 inline void pack_record(float* g, const float* mean2d, const float* conic, float opacity, const float* features,
                         int D) {
   const float inf = std::numeric_limits<float>::infinity();
@@ -57,28 +90,39 @@ inline void pack_record(float* g, const float* mean2d, const float* conic, float
   g[7] = inf;
   g[8] = g[9] = g[10] = g[11] = 0.0f;
   for (int d = 0; d < D; ++d) g[kHead + d] = features[d];
-  if (!(opacity >= kAlphaMin)) {  // exp(P) <= 1: alpha < 1/255 everywhere (also catches NaN)
-    g[6] = -1.0f;
-    return;
-  }
-  const double da = a, db = b, dc = c;
-  const double det = da * dc - db * db;
-  if (!(da > 0.0 && dc > 0.0 && det > 0.0) || !std::isfinite(det)) return;
-  const double mid = 0.5 * (da + dc);
-  const double lmax = mid + std::sqrt(std::max(0.0, mid * mid - det)), lmin = det / lmax;
-  const double kappa = lmax / lmin;
-  if (!(kappa < 1e4)) return;
-  const double eps = 1.0 / (1 << 20);  // 16 ulps of float32, generous
-  // logf errs by ~1e-7 of a value below 6: far inside the 1e-5 slack.
-  const double tau = (static_cast<double>(std::log(255.0f * opacity)) + 1e-5) / (1.0 - 4.0 * eps * kappa);
-  const double two_tau = 2.0 * std::max(tau, 0.0) * (1.0 + 1e-6);
-  const double ey = std::sqrt(two_tau * da / det) * (1.0 + 1e-4) + 1e-3;
-  if (!std::isfinite(ey) || !(ey < 1e7)) return;
-  g[6] = static_cast<float>(ey);
-  g[7] = static_cast<float>(two_tau * da * (1.0 + 1e-5));
-  g[8] = static_cast<float>(det);
+  const Footprint f = footprint(conic, opacity);
+  if (f.kind == Footprint::kNever) g[6] = -1.0f;
+  if (f.kind != Footprint::kBounded) return;
+  const double da = a, db = b;
+  g[6] = static_cast<float>(f.ey);
+  g[7] = static_cast<float>(f.two_tau * da * (1.0 + 1e-5));
+  g[8] = static_cast<float>(f.det);
   g[9] = static_cast<float>(1.0 / da);
   g[10] = static_cast<float>(db / da);
+}
+
+// The tiles of `rect` (a Gaussian's radius rectangle, tile_rect) that its footprint can reach: the
+// rectangle cut to the tiles that overlap the footprint's bounding box (empty when alpha < 1/255
+// everywhere; the whole rectangle when the footprint is unbounded). A tile left out has no pixel with
+// alpha >= 1/255, where the kernels would find no unit to composite; the 3-sigma radius square holds
+// about twice the tiles of the opacity-aware ellipse's box, so binning by the box halves the
+// (tile, Gaussian) pairs every later pass walks, and changes no result.
+inline Rect footprint_tiles(Rect rect, const float* mean2d, const float* conic, float opacity) {
+  const Footprint f = footprint(conic, opacity);
+  if (f.kind == Footprint::kNever) return Rect{rect.x0, rect.x0, rect.y0, rect.y0};
+  if (f.kind == Footprint::kUnbounded) return rect;
+  // Tile t spans pixels [16 t, 16 t + 16): it overlaps [m - e, m + e] when 16 t <= m + e and 16 t + 16 > m - e.
+  const auto lo = [](double v) { return std::floor(v / kTile); };
+  const auto hi = [](double v) { return std::floor(v / kTile) + 1.0; };
+  const double mx = mean2d[0], my = mean2d[1];
+  const auto clip = [](double v, int32_t a, int32_t b) { return static_cast<int32_t>(std::min<double>(b, std::max<double>(a, v))); };
+  Rect r;
+  const bool cut_x = f.ex < 1e7;
+  r.x0 = cut_x ? clip(lo(mx - f.ex), rect.x0, rect.x1) : rect.x0;
+  r.x1 = cut_x ? clip(hi(mx + f.ex), r.x0, rect.x1) : rect.x1;
+  r.y0 = clip(lo(my - f.ey), rect.y0, rect.y1);
+  r.y1 = clip(hi(my + f.ey), r.y0, rect.y1);
+  return r;
 }
 
 struct TileGeometry {
