@@ -126,6 +126,10 @@ class DensityController(nn.Module):
 
     # ---------------------------------------------------------------- statistics
 
+    def regularization(self, model: GaussianModel) -> Tensor | None:
+        """A loss term the strategy adds to the photometric loss (None: none; 3DGS has none)."""
+        return None
+
     def wants_stats(self, step: int) -> bool:
         """Whether update_stats matters at this step (3DGS stops accumulating at densify_until)."""
         return step + 1 < self.densify_until
@@ -310,4 +314,177 @@ class DensityController(nn.Module):
         )
 
 
-__all__ = ["DensityController", "split_samples"]
+def relocation_targets(opacities: Tensor, scales: Tensor, copies: Tensor, binoms: Tensor, min_opacity: float):
+    """Opacity and scale for each of `copies` (N,) Gaussians that together replace one Gaussian of
+    opacity `opacities` (N,) and scales `scales` (N,3) (activated), as 3DGS-MCMC (Kheradmand et al. 2024)
+    derives them: o' = 1 - (1 - o)^(1/n), so n copies stacked at one point let through what the original
+    did, and the scales shrink by o / sum_{i=1..n} sum_{k=0..i-1} C(i-1,k) (-1)^k o'^(k+1) / sqrt(k+1),
+    so the copies' summed opacity profile has the original's peak. The inner sum over i is C(n, k+1)
+    (hockey stick), evaluated in float64 (the alternating binomial sum cancels). binoms: (M+1,M+1) table,
+    copies <= M.
+    """
+    o = opacities.double().clamp(min_opacity, 1.0 - 1e-7)
+    n = copies.double()
+    o_new = (1.0 - torch.pow(1.0 - o, 1.0 / n)).clamp(min_opacity, 1.0 - 1e-7)
+    k = torch.arange(binoms.shape[0] - 1, dtype=torch.float64)  # terms k = 0..M-1
+    coef = binoms[copies.long()][:, 1:]  # C(n, k+1)
+    terms = coef * ((-1.0) ** k) * o_new[:, None] ** (k + 1) / torch.sqrt(k + 1)
+    terms = torch.where(k[None] < n[:, None], terms, torch.zeros_like(terms))
+    denom = terms.sum(1)
+    ratio = (o / denom).clamp_min(1e-12)
+    return o_new.to(opacities.dtype), (scales.double() * ratio[:, None]).to(scales.dtype)
+
+
+class MCMCDensityController(DensityController):
+    """3DGS as Markov chain Monte Carlo (Kheradmand et al., "3D Gaussian Splatting as Markov Chain Monte
+    Carlo", 2024): a fixed budget instead of clone/split/prune. Select it with
+    `--model.density internal.density.MCMCDensityController` (configs/cpu_mcmc.yaml for the CPU preset).
+
+    Every `refine_every` iterations in (refine_from, refine_until): the dead Gaussians (opacity <=
+    min_opacity) are moved onto live ones drawn with probability proportional to opacity, and
+    min(cap_max - N, grow_rate * N) new ones are added the same way; a drawn Gaussian and its copies
+    share its opacity and footprint (relocation_targets), and all of them restart their Adam moments.
+    Every iteration, means take a step of noise: lr_means * noise_lr * sigmoid(100 (0.005 - o)) * Sigma z
+    (Sigma the Gaussian's covariance, z ~ N(0, I)), which explores where Gaussians are nearly transparent
+    and leaves opaque ones alone (the update is independent of the Adam step, so adding it before the
+    optimizer step is the same as after). The loss gains opacity_reg * mean(opacity) + scale_reg *
+    mean(scale). Defaults are the paper's.
+
+    All draws come from the training generator, so processes that share it stay identical (DDP).
+    """
+
+    def __init__(
+        self,
+        cap_max: int = 1_000_000,
+        refine_from: int = 500,
+        refine_until: int = 25_000,
+        refine_every: int = 100,
+        min_opacity: float = 0.005,
+        grow_rate: float = 0.05,
+        noise_lr: float = 5e5,
+        opacity_reg: float = 0.01,
+        scale_reg: float = 0.01,
+        max_copies: int = 51,
+    ):
+        super().__init__(densify_from=refine_from, densify_until=refine_until, densify_every=refine_every,
+                         opacity_reset_every=0, prune_opacity=min_opacity)
+        opt = "--model.density.init_args."
+        check(cap_max > 0, opt + "cap_max", f"must be > 0, got {cap_max}")
+        check(0.0 <= grow_rate <= 1.0, opt + "grow_rate", f"must be in [0,1], got {grow_rate}")
+        check(0.0 < min_opacity < 1.0, opt + "min_opacity", f"must be in (0,1), got {min_opacity}")
+        for name, value in (("noise_lr", noise_lr), ("opacity_reg", opacity_reg), ("scale_reg", scale_reg)):
+            check(value >= 0.0, opt + name, f"must be >= 0, got {value}")
+        check(2 <= max_copies <= 200, opt + "max_copies", f"must be in 2..200, got {max_copies}")
+        self.cap_max = cap_max
+        self.refine_from = refine_from
+        self.refine_until = refine_until
+        self.refine_every = refine_every
+        self.min_opacity = min_opacity
+        self.grow_rate = grow_rate
+        self.noise_lr = noise_lr
+        self.opacity_reg = opacity_reg
+        self.scale_reg = scale_reg
+        self.max_copies = max_copies
+        b = torch.zeros(max_copies + 1, max_copies + 1, dtype=torch.float64)
+        for n in range(max_copies + 1):
+            for k in range(n + 1):
+                b[n, k] = math.comb(n, k)
+        self._binoms = b
+
+    def wants_stats(self, step: int) -> bool:
+        return False  # decisions use opacities only
+
+    def update_stats(self, means2d_grad: Tensor, radii: Tensor, width: int, height: int) -> None:
+        pass
+
+    def regularization(self, model: GaussianModel) -> Tensor | None:
+        reg = None
+        if self.opacity_reg > 0:
+            reg = self.opacity_reg * model.get_opacities().mean()
+        if self.scale_reg > 0:
+            term = self.scale_reg * model.get_scales().mean()
+            reg = term if reg is None else reg + term
+        return reg
+
+    @torch.no_grad()
+    def step(self, step, model, optimizer, extent, generator, white_background=False) -> dict:
+        it = step + 1
+        info = {"densified": False, "relocated": 0, "added": 0}
+        if it < self.refine_until and it > self.refine_from and it % self.refine_every == 0:
+            info["relocated"] = self.relocate(model, optimizer, generator)
+            info["added"] = self.grow(model, optimizer, generator)
+            info["densified"] = True
+        self.add_noise(model, optimizer, generator)
+        info["num_gaussians"] = model.num_gaussians
+        return info
+
+    def _draw(self, weights: Tensor, count: int, generator: torch.Generator) -> Tensor:
+        """count indices drawn with replacement, with probability proportional to weights (float64, on
+        the generator's device, so every process draws the same)."""
+        w = weights.detach().double().to(generator.device)
+        return torch.multinomial(w, count, replacement=True, generator=generator).to(weights.device)
+
+    def _share(self, model, optimizer, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """New opacity logits and log-scales for every drawn Gaussian (the unique `targets`, with how many
+        times each was drawn), applied to the drawn ones with a fresh Adam start. Returns (unique targets,
+        their new opacity logits, their new log-scales)."""
+        uniq, counts = torch.unique(targets, return_counts=True)
+        copies = (counts + 1).clamp_max(self.max_copies)
+        o_new, s_new = relocation_targets(model.get_opacities()[uniq], model.get_scales()[uniq], copies,
+                                          self._binoms, self.min_opacity)
+        logits, log_scales = torch.logit(o_new.double()).to(o_new.dtype), torch.log(s_new)
+        rows = torch.zeros(model.num_gaussians, dtype=torch.bool, device=uniq.device)
+        rows[uniq] = True
+        full_o, full_s = model.opacities.detach().clone(), model.scales.detach().clone()
+        full_o[uniq], full_s[uniq] = logits.to(full_o), log_scales.to(full_s)
+        reset_state_rows(model, optimizer, "opacities", lambda t: full_o, rows)
+        reset_state_rows(model, optimizer, "scales", lambda t: full_s, rows)
+        return uniq, logits, log_scales
+
+    def relocate(self, model, optimizer, generator) -> int:
+        """Move the dead Gaussians onto live ones; returns how many moved."""
+        opac = model.get_opacities()
+        dead = opac <= self.min_opacity
+        n_dead, n_alive = int(dead.sum()), int((~dead).sum())
+        if n_dead == 0 or n_alive == 0:
+            return 0
+        alive_idx = torch.nonzero(~dead).squeeze(1)
+        targets = alive_idx[self._draw(opac[alive_idx], n_dead, generator)]
+        self._share(model, optimizer, targets)  # the drawn ones first: the dead copy their new values
+        src = torch.arange(model.num_gaussians, device=targets.device)
+        src[torch.nonzero(dead).squeeze(1)] = targets
+        for name in model.param_names:
+            reset_state_rows(model, optimizer, name, lambda t: t[src.to(t.device)], dead)
+        return n_dead
+
+    def grow(self, model, optimizer, generator) -> int:
+        """Add min(cap_max - N, grow_rate N) copies of Gaussians drawn by opacity; returns how many."""
+        n = model.num_gaussians
+        count = min(self.cap_max - n, int(self.grow_rate * n))
+        if count <= 0:
+            return 0
+        targets = self._draw(model.get_opacities(), count, generator)
+        self._share(model, optimizer, targets)
+        append_gaussians(model, optimizer, {name: getattr(model, name).detach()[targets] for name in model.param_names})
+        return count
+
+    def add_noise(self, model, optimizer, generator) -> None:
+        if self.noise_lr <= 0:
+            return
+        lr = next((g["lr"] for g in optimizer.param_groups if g.get("name") == "means"), None)
+        if lr is None:
+            return
+        opac = model.get_opacities()
+        gate = torch.sigmoid(100.0 * (self.min_opacity - opac))
+        rot = quat_to_rotmat(model.quats.detach())
+        s2 = model.get_scales() ** 2
+        cov = rot @ (s2[:, :, None] * rot.transpose(1, 2))
+        z = torch.randn(model.num_gaussians, 3, generator=generator, device=generator.device).to(model.means)
+        noise = torch.einsum("nij,nj->ni", cov, z) * (gate * (lr * self.noise_lr))[:, None]
+        model.means.data.add_(noise.to(model.means.dtype))
+
+    def extra_repr(self) -> str:
+        return f"MCMC cap_max={self.cap_max}, refine {self.refine_from}..{self.refine_until} every {self.refine_every}"
+
+
+__all__ = ["DensityController", "MCMCDensityController", "relocation_targets", "split_samples"]

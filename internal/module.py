@@ -209,6 +209,9 @@ class GaussianSplatting(lightning.LightningModule):
             out.means2d.retain_grad()
         pred = out.colors[0]
         loss = photometric_loss(pred, gt, mask, self.opt.ssim_weight)  # (1-λ)·L1 + λ·(1-SSIM), fused on the CPU
+        reg = self.density.regularization(self.gaussians)  # a strategy's own term (MCMC's), else None
+        if reg is not None:
+            loss = loss + reg
         # Its own novel-view renders: the photometric view's means2d gradient (densification) is untouched.
         guided = self.guidance(step, self.renderer, self.gaussians, background, self.generator) if self.guidance is not None else None
         if guided is not None:
@@ -249,7 +252,7 @@ class GaussianSplatting(lightning.LightningModule):
         self.log("gaussians", float(self.gaussians.num_gaussians), prog_bar=True)
         if guided is not None:
             self.log_dict({f"train/{k}": float(v) for k, v in guided.logs.items()})
-        if info and any(info.get(k) for k in ("cloned", "split", "pruned")):
+        if info and any(info.get(k) for k in ("cloned", "split", "pruned", "relocated", "added")):
             self.log_dict({f"density/{k}": float(v) for k, v in info.items() if isinstance(v, (int, float))})
         return loss.detach()
 

@@ -355,3 +355,107 @@ def test_invalid_configuration_is_refused():
         DensityController(densify_every=0)
     with pytest.raises(ValueError):
         DensityController(reset_opacity_to=1.0)
+
+
+# ------------------------------------------------------------------------------------------------ MCMC
+
+
+def _binoms(m=51):
+    from internal.density import MCMCDensityController
+
+    return MCMCDensityController(max_copies=m)._binoms
+
+
+def test_mcmc_relocation_formula_against_the_double_sum():
+    """o' = 1 - (1-o)^(1/n); scales times o / sum_{i=1..n} sum_{k<i} C(i-1,k) (-1)^k o'^(k+1) / sqrt(k+1), the
+    paper's double sum evaluated term by term here (the code uses the closed inner sum C(n,k+1))."""
+    from internal.density import relocation_targets
+
+    o = torch.tensor([0.9, 0.5, 0.2, 0.05, 0.6, 0.99])
+    n = torch.tensor([1, 2, 3, 5, 10, 40])
+    s = torch.rand(6, 3, generator=torch.Generator().manual_seed(0)) + 0.1
+    o_new, s_new = relocation_targets(o, s, n, _binoms(), 0.005)
+    for j in range(6):
+        oj, nj = float(o[j]), int(n[j])
+        on = 1 - (1 - oj) ** (1 / nj)
+        assert abs(float(o_new[j]) - on) < 1e-6
+        assert abs(1 - (1 - float(o_new[j])) ** nj - oj) < 1e-5  # n copies stacked let through what one did
+        denom = sum(math.comb(i - 1, k) * (-1) ** k * on ** (k + 1) / math.sqrt(k + 1) for i in range(1, nj + 1) for k in range(i))
+        torch.testing.assert_close(s_new[j], s[j] * (oj / denom), rtol=1e-5, atol=0)
+    assert torch.equal(o_new[0], o[0]) and torch.allclose(s_new[0], s[0])  # one copy: unchanged
+
+
+def test_mcmc_relocates_the_dead_grows_to_the_cap_and_restarts_their_moments():
+    from internal.density import MCMCDensityController
+
+    n = 40
+    opac = torch.full((n,), 0.5)
+    opac[::4] = 0.001  # 10 dead
+    opac[1] = 0.95  # the likeliest target
+    model = synthetic_model(torch.full((n, 3), 0.02), opac)
+    opt = warm_adam(model)
+    old = snapshot(model, opt)
+    ctrl = MCMCDensityController(cap_max=n + 1, noise_lr=0.0)
+    info = ctrl.step(599, model, opt, EXTENT, torch.Generator().manual_seed(0))
+    assert info["densified"] and info["relocated"] == 10 and info["added"] == 1  # min(cap - N, 5% of 40 = 2)
+    assert model.num_gaussians == n + 1 and info["num_gaussians"] == n + 1
+    assert_consistent(model, opt)
+    assert (model.get_opacities() > ctrl.min_opacity).all()  # nobody dead any more
+    dead = torch.zeros(n + 1, dtype=torch.bool)
+    dead[:n:4] = True
+    # A relocated Gaussian sits exactly on a live one (same mean, colour, rotation; opacity and scale are the
+    # ones its target had after the relocation, which the growth step may have shared out again).
+    means = model.means.detach()
+    live = ~dead & (torch.arange(n + 1) < n)  # the rows that were alive before the step
+    for i in list(torch.nonzero(dead).squeeze(1)) + [n]:  # the relocated ones and the added one
+        twin = torch.nonzero((means[live] == means[i]).all(1)).squeeze(1)
+        assert len(twin) == 1, int(i)
+        j = torch.nonzero(live).squeeze(1)[twin[0]]
+        for name in ("means", "quats", "sh0", "shN"):
+            assert torch.equal(getattr(model, name).detach()[i], getattr(model, name).detach()[j]), name
+        assert model.get_opacities()[i] <= old["opacities"]["value"].sigmoid()[j]
+    # Rows untouched by any draw keep value, gradient and moments; touched ones restart (zero moments and grad).
+    touched = torch.zeros(n + 1, dtype=torch.bool)
+    for i in range(n + 1):
+        touched[i] = bool(dead[i]) or bool((means == means[i]).all(1).sum() > 1)
+    st = opt.state[model.opacities]
+    assert not st["exp_avg"][touched].any() and not model.opacities.grad[touched].any()
+    keep = ~touched[:n]
+    assert torch.equal(st["exp_avg"][:n][keep], old["opacities"]["exp_avg"][keep])
+    assert torch.equal(model.means.detach()[:n][keep], old["means"]["value"][keep])
+    # At the cap nothing is added; outside the window nothing happens (and no noise with noise_lr 0).
+    assert ctrl.step(699, model, opt, EXTENT, torch.Generator().manual_seed(1))["added"] == 0
+    assert model.num_gaussians == n + 1
+    info = ctrl.step(650, model, opt, EXTENT, torch.Generator().manual_seed(1))
+    assert not info["densified"]
+    opt.step()
+
+
+def test_mcmc_noise_moves_only_transparent_gaussians_and_is_reproducible():
+    from internal.density import MCMCDensityController
+
+    opac = torch.tensor([0.9, 0.5, 0.01, 0.003, 0.001])
+    results = []
+    for _ in range(2):
+        model = synthetic_model(torch.full((5, 3), 0.05), opac)
+        opt = warm_adam(model)
+        before = model.means.detach().clone()
+        MCMCDensityController().step(10, model, opt, EXTENT, torch.Generator().manual_seed(3))
+        results.append(model.means.detach() - before)
+    assert torch.equal(results[0], results[1])
+    moved = results[0].norm(dim=1)
+    assert moved[0] < 1e-12 * moved[4] and moved[1] < 1e-6 * moved[4]  # gated by sigmoid(100 (0.005 - o))
+    assert (moved[2:] > 1e-3).all()
+
+
+def test_mcmc_regularization_and_bad_options():
+    from internal.density import MCMCDensityController
+    from internal.errors import ConfigError
+
+    model = synthetic_model(torch.full((4, 3), 0.1), torch.tensor([0.2, 0.4, 0.6, 0.8]))
+    reg = MCMCDensityController(opacity_reg=0.01, scale_reg=0.02).regularization(model)
+    torch.testing.assert_close(reg, torch.tensor(0.01 * 0.5 + 0.02 * 0.1))
+    assert DensityController().regularization(model) is None
+    for bad in ({"cap_max": 0}, {"grow_rate": 2.0}, {"min_opacity": 0.0}, {"noise_lr": -1.0}, {"max_copies": 1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            MCMCDensityController(**bad)

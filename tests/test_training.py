@@ -239,3 +239,23 @@ def test_fit_with_a_resolution_schedule_trains_at_low_resolution_first(demo, tmp
     from PIL import Image
 
     assert Image.open(render).size == (96, 96)  # evaluated at full size
+
+
+def test_fit_with_mcmc_keeps_the_budget_and_resumes_bit_exactly(demo, tmp_path):
+    # configs/cpu_mcmc.yaml's strategy on the demo scene: random start below the cap, growth to it, relocation
+    # of the dead, noise every step; stopping and resuming gives the uninterrupted run's state.
+    mcmc = ["--model.density", "internal.density.MCMCDensityController", "--model.density.init_args.cap_max", "2000",
+            "--model.density.init_args.refine_from", "20", "--model.density.init_args.refine_until", "100",
+            "--model.density.init_args.refine_every", "10", "--data.params.blender.random_points", "1500"]
+    a, b = 2 * STEPS_PER_EPOCH, 5 * STEPS_PER_EPOCH  # 42, 105
+    straight = make_cli(demo, tmp_path, "straight", b, "--checkpoint_every", str(a), *mcmc)
+    assert type(straight.model.density).__name__ == "MCMCDensityController"
+    rec = fit(straight)
+    assert rec.counts[0] == 1500 and max(rec.counts) == rec.counts[-1] == 2000  # grew to the cap, never past it
+    first, last = sum(rec.losses[:10]) / 10, sum(rec.losses[-10:]) / 10
+    assert last < first, (first, last)
+    part = make_cli(demo, tmp_path, "resumed", a, "--checkpoint_every", str(a), *mcmc)
+    fit(part)
+    rest = make_cli(demo, tmp_path, "resumed", b, "--checkpoint_every", str(a), *mcmc)
+    fit(rest, ckpt_path=str(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
+    assert_same_training_state(straight, rest)
