@@ -141,6 +141,21 @@ def test_two_processes_densify_prune_reset_and_stay_bit_identical(ddp_run):
     assert_adam_for(r0, 2)
 
 
+def test_two_processes_with_mcmc_relocate_grow_and_stay_bit_identical(demo, tmp_path):
+    # The MCMC strategy draws relocations, growth and per-step noise from the shared training generator:
+    # both processes must still hold the same Gaussians (and moments) after every step.
+    mcmc = ["--model.density", "internal.density.MCMCDensityController", "--model.density.init_args.cap_max", "5000",
+            "--model.density.init_args.refine_from", "20", "--model.density.init_args.refine_every", "20",
+            "--model.density.init_args.refine_until", "100"]
+    run_fit(demo, tmp_path, "mcmc", 84, 2, "--save_steps", "[84]", *mcmc)
+    r0, r1 = dumps(tmp_path / "mcmc", 2)
+    assert_bit_identical(r0, r1)
+    s0, s1 = r0["steps"], r1["steps"]
+    assert [s["after"] for s in s0] == [s["after"] for s in s1]
+    assert {s["step"] for s in s0 if s["after"] != s["before"]} == {39, 59, 79}  # grew 5% at iterations 40, 60, 80
+    assert s0[-1]["after"] == 4000 + 200 + 210 + 220  # + int(5% of N) each time, under the cap
+
+
 def assert_adam_for(dump, n):
     for g in dump["optimizer"]["param_groups"]:
         assert g["images_per_step"] == n
