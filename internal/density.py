@@ -424,10 +424,9 @@ class MCMCDensityController(DensityController):
         w = weights.detach().double().to(generator.device)
         return torch.multinomial(w, count, replacement=True, generator=generator).to(weights.device)
 
-    def _share(self, model, optimizer, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """New opacity logits and log-scales for every drawn Gaussian (the unique `targets`, with how many
-        times each was drawn), applied to the drawn ones with a fresh Adam start. Returns (unique targets,
-        their new opacity logits, their new log-scales)."""
+    def _share(self, model, optimizer, targets: Tensor) -> None:
+        """Give every drawn Gaussian (the unique `targets`, with how many times each was drawn) the opacity
+        and scales it shares with its coming copies, and a fresh Adam start for both."""
         uniq, counts = torch.unique(targets, return_counts=True)
         copies = (counts + 1).clamp_max(self.max_copies)
         o_new, s_new = relocation_targets(model.get_opacities()[uniq], model.get_scales()[uniq], copies,
@@ -439,7 +438,6 @@ class MCMCDensityController(DensityController):
         full_o[uniq], full_s[uniq] = logits.to(full_o), log_scales.to(full_s)
         reset_state_rows(model, optimizer, "opacities", lambda t: full_o, rows)
         reset_state_rows(model, optimizer, "scales", lambda t: full_s, rows)
-        return uniq, logits, log_scales
 
     def relocate(self, model, optimizer, generator) -> int:
         """Move the dead Gaussians onto live ones; returns how many moved."""
