@@ -135,6 +135,7 @@ struct Binning {
   at::Tensor vis_ids;       // (V,) int32: Gaussian index of each rank
   at::Tensor vis_start;     // (V+1,) int64: rank r's (tile, Gaussian) pairs are entries [vis_start[r], vis_start[r+1])
   at::Tensor entry_pos;     // (K,) int32: for each such pair (rank-major, tiles row-major), its position in isect
+  std::unique_ptr<float[]> foot;  // (N, kFootFields): each binned Gaussian's footprint fields, for the packing
 };
 
 Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
@@ -142,6 +143,8 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
   const int64_t n_tiles = int64_t(tiles_x) * tiles_y;
   // Tile rects of every Gaussian (empty when culled), and the visible ones in index order with their
   // depth keys (two passes over the same chunks: count, then write at the chunk's offset).
+  Binning res;
+  res.foot = uninitialized<float>(static_cast<size_t>(N) * kFootFields);
   const std::unique_ptr<Rect[]> rects = uninitialized<Rect>(N);
   const int parts = chunks_for(N, kBinGrain);
   std::vector<int64_t> chunk_count(parts + 1, 0);
@@ -149,9 +152,14 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
     int64_t cnt = 0;
     for (int64_t n = b; n < e; ++n) {
       const int32_t r = in.radii[n];
-      rects[n] = r > 0 ? footprint_tiles(tile_rect(in.means2d[2 * n], in.means2d[2 * n + 1], r, tiles_x, tiles_y),
-                                         in.means2d + 2 * n, in.conics + 3 * n, in.opacities[n])
-                       : Rect{0, 0, 0, 0};
+      if (r > 0) {
+        const Footprint f = footprint(in.conics + 3 * n, in.opacities[n]);
+        rects[n] = footprint_tiles(tile_rect(in.means2d[2 * n], in.means2d[2 * n + 1], r, tiles_x, tiles_y),
+                                   in.means2d + 2 * n, f);
+        footprint_fields(res.foot.get() + n * kFootFields, f, in.conics[3 * n], in.conics[3 * n + 1]);
+      } else {
+        rects[n] = Rect{0, 0, 0, 0};
+      }
       cnt += rects[n].area() > 0;
     }
     chunk_count[k + 1] = cnt;
@@ -170,11 +178,10 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
   });
   radix_sort(keys, order, V);
 
-  Binning b;
-  b.vis_ids = at::empty({V}, at::kInt);
-  b.vis_start = at::empty({V + 1}, at::kLong);
-  int32_t* vis_ids = b.vis_ids.data_ptr<int32_t>();
-  int64_t* vis_start = b.vis_start.data_ptr<int64_t>();
+  res.vis_ids = at::empty({V}, at::kInt);
+  res.vis_start = at::empty({V + 1}, at::kLong);
+  int32_t* vis_ids = res.vis_ids.data_ptr<int32_t>();
+  int64_t* vis_start = res.vis_start.data_ptr<int64_t>();
   std::copy(order.get(), order.get() + V, vis_ids);
   vis_start[0] = 0;
   for (int64_t r = 0; r < V; ++r) vis_start[r + 1] = vis_start[r] + rects[vis_ids[r]].area();
@@ -193,8 +200,8 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
         for (int32_t tx = t.x0; tx < t.x1; ++tx) ++cnt[int64_t(ty) * tiles_x + tx];
     }
   });
-  b.tile_offsets = at::empty({n_tiles + 1}, at::kLong);
-  int64_t* offsets = b.tile_offsets.data_ptr<int64_t>();
+  res.tile_offsets = at::empty({n_tiles + 1}, at::kLong);
+  int64_t* offsets = res.tile_offsets.data_ptr<int64_t>();
   offsets[0] = 0;
   for (int64_t t = 0; t < n_tiles; ++t) {
     int64_t cursor = offsets[t];
@@ -206,10 +213,10 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
     }
     offsets[t + 1] = cursor;
   }
-  b.isect = at::empty({K}, at::kInt);
-  b.entry_pos = at::empty({K}, at::kInt);
-  int32_t* isect = b.isect.data_ptr<int32_t>();
-  int32_t* entry_pos = b.entry_pos.data_ptr<int32_t>();
+  res.isect = at::empty({K}, at::kInt);
+  res.entry_pos = at::empty({K}, at::kInt);
+  int32_t* isect = res.isect.data_ptr<int32_t>();
+  int32_t* entry_pos = res.entry_pos.data_ptr<int32_t>();
   for_chunks(V, nt, [&](int k, int64_t rb, int64_t re) {
     int64_t* cursor = counts.data() + static_cast<size_t>(k) * n_tiles;
     for (int64_t r = rb; r < re; ++r) {
@@ -223,12 +230,12 @@ Binning bin_camera(const CameraInputs& in, int32_t tiles_x, int32_t tiles_y) {
         }
     }
   });
-  return b;
+  return res;
 }
 
 // Packed records of the visible Gaussians in rank (depth) order, (V, kHead + D); see pack_record. The
 // forward keeps them for the backward, which reads the same inputs.
-at::Tensor pack_gaussians(const CameraInputs& in, const int32_t* vis_ids, int64_t V) {
+at::Tensor pack_gaussians(const CameraInputs& in, const int32_t* vis_ids, int64_t V, const float* foot) {
   const int stride = kHead + in.D;
   at::Tensor out = at::empty({V, stride}, at::kFloat);
   float* packed = out.data_ptr<float>();
@@ -240,9 +247,10 @@ at::Tensor pack_gaussians(const CameraInputs& in, const int32_t* vis_ids, int64_
         __builtin_prefetch(in.conics + 3 * m);
         __builtin_prefetch(in.opacities + m);
         __builtin_prefetch(in.features + m * in.D);
+        __builtin_prefetch(foot + m * kFootFields);
       }
       const int64_t n = vis_ids[r];
-      pack_record(packed + r * stride, in.means2d + 2 * n, in.conics + 3 * n, in.opacities[n],
+      pack_record(packed + r * stride, in.means2d + 2 * n, in.conics + 3 * n, in.opacities[n], foot + n * kFootFields,
                   in.features + n * in.D, in.D);
     }
   });
@@ -411,7 +419,7 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& means2d, const at::T
     const CameraInputs in = camera_inputs(means2d, conics, features, opacities, depths, radii, c);
     Binning b = bin_camera(in, tiles_x, tiles_y);
     const int64_t V = b.vis_ids.size(0);
-    const at::Tensor packed = pack_gaussians(in, b.vis_ids.data_ptr<int32_t>(), V);
+    const at::Tensor packed = pack_gaussians(in, b.vis_ids.data_ptr<int32_t>(), V, b.foot.get());
     const int64_t* offsets = b.tile_offsets.data_ptr<int64_t>();
     const int32_t* isect = b.isect.data_ptr<int32_t>();
     const int64_t pix = int64_t(H) * W;

@@ -76,29 +76,33 @@ inline Footprint footprint(const float* conic, float opacity) {
   return f;
 }
 
-inline void pack_record(float* g, const float* mean2d, const float* conic, float opacity, const float* features,
-                        int D) {
+// The footprint fields of a packed record, g[6..11] (see above), for a Gaussian with conic (a, b, .).
+constexpr int kFootFields = 6;
+inline void footprint_fields(float* out, const Footprint& f, float a, float b) {
   const float inf = std::numeric_limits<float>::infinity();
-  const float a = conic[0], b = conic[1], c = conic[2];
-  g[0] = mean2d[0];
-  g[1] = mean2d[1];
-  g[2] = a;
-  g[3] = b;
-  g[4] = c;
-  g[5] = opacity;
-  g[6] = inf;
-  g[7] = inf;
-  g[8] = g[9] = g[10] = g[11] = 0.0f;
-  for (int d = 0; d < D; ++d) g[kHead + d] = features[d];
-  const Footprint f = footprint(conic, opacity);
-  if (f.kind == Footprint::kNever) g[6] = -1.0f;
+  out[0] = f.kind == Footprint::kNever ? -1.0f : inf;
+  out[1] = inf;
+  out[2] = out[3] = out[4] = out[5] = 0.0f;
   if (f.kind != Footprint::kBounded) return;
   const double da = a, db = b;
-  g[6] = static_cast<float>(f.ey);
-  g[7] = static_cast<float>(f.two_tau * da * (1.0 + 1e-5));
-  g[8] = static_cast<float>(f.det);
-  g[9] = static_cast<float>(1.0 / da);
-  g[10] = static_cast<float>(db / da);
+  out[0] = static_cast<float>(f.ey);
+  out[1] = static_cast<float>(f.two_tau * da * (1.0 + 1e-5));
+  out[2] = static_cast<float>(f.det);
+  out[3] = static_cast<float>(1.0 / da);
+  out[4] = static_cast<float>(db / da);
+}
+
+// A packed record from the inputs and the footprint fields computed at binning (footprint_fields).
+inline void pack_record(float* g, const float* mean2d, const float* conic, float opacity, const float* foot,
+                        const float* features, int D) {
+  g[0] = mean2d[0];
+  g[1] = mean2d[1];
+  g[2] = conic[0];
+  g[3] = conic[1];
+  g[4] = conic[2];
+  g[5] = opacity;
+  for (int i = 0; i < kFootFields; ++i) g[6 + i] = foot[i];
+  for (int d = 0; d < D; ++d) g[kHead + d] = features[d];
 }
 
 // The tiles of `rect` (a Gaussian's radius rectangle, tile_rect) that its footprint can reach: the
@@ -107,8 +111,7 @@ inline void pack_record(float* g, const float* mean2d, const float* conic, float
 // alpha >= 1/255, where the kernels would find no unit to composite; the 3-sigma radius square holds
 // about twice the tiles of the opacity-aware ellipse's box, so binning by the box halves the
 // (tile, Gaussian) pairs every later pass walks, and changes no result.
-inline Rect footprint_tiles(Rect rect, const float* mean2d, const float* conic, float opacity) {
-  const Footprint f = footprint(conic, opacity);
+inline Rect footprint_tiles(Rect rect, const float* mean2d, const Footprint& f) {
   if (f.kind == Footprint::kNever) return Rect{rect.x0, rect.x0, rect.y0, rect.y0};
   if (f.kind == Footprint::kUnbounded) return rect;
   // Tile t spans pixels [16 t, 16 t + 16): it overlaps [m - e, m + e] when 16 t <= m + e and 16 t + 16 > m - e.
