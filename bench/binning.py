@@ -72,7 +72,6 @@ def main() -> None:
     for cam in picks:
         vm, k, w, h = view(cam)
         m2d, conics, depths, radii = native.project_gaussians(means, quats, scales, vm, k, w, h)
-        square += rect_tiles(*tile_bounds(m2d, radii, w, h))
         # The opacity-aware ellipse's bounding box, cut to the square (float64; what footprint_tiles bins by,
         # without its slack).
         a, b, c = (conics[0, :, i].double() for i in range(3))
@@ -81,6 +80,7 @@ def main() -> None:
         ex, ey = (2 * tau * c / det).sqrt(), (2 * tau * a / det).sqrt()
         mx, my = m2d[0, :, 0].double(), m2d[0, :, 1].double()
         sx0, sx1, sy0, sy1 = (t[0] for t in tile_bounds(m2d, radii, w, h))
+        square += rect_tiles(sx0, sx1, sy0, sy1)
         x0 = torch.maximum(torch.floor((mx - ex) / 16).long(), sx0)
         x1 = torch.minimum(torch.floor((mx + ex) / 16).long() + 1, sx1)
         y0 = torch.maximum(torch.floor((my - ey) / 16).long(), sy0)

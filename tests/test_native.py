@@ -94,6 +94,18 @@ def compare(scene, cameras=None, backgrounds=None, grad=True):
 # Stage by stage
 
 
+def composite_with_grads(fn, inputs, depths, radii, width, height, keep):
+    """fn (reference.composite or native.composite) on fresh leaves of inputs = (means2d, conics, features,
+    opacities), then the backward of fixed random weights times render and alpha, masked by keep (C,H,W,1):
+    (render, alpha, [the four input gradients])."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    render, alpha = fn(*leaves, depths, radii, width, height)
+    gr = torch.Generator().manual_seed(5)
+    ((render * torch.randn(render.shape, generator=gr) * keep).sum()
+     + (alpha * torch.randn(alpha.shape, generator=gr) * keep).sum()).backward()
+    return render, alpha, [x.grad for x in leaves]
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("per_camera_opacity", [False, True])
 def test_composite_matches_reference(seed, per_camera_opacity):
@@ -112,12 +124,7 @@ def test_composite_matches_reference(seed, per_camera_opacity):
     keep = (~ambiguous)[..., None].float()
 
     def composite(fn):
-        leaves = [t.detach().clone().requires_grad_(True) for t in (means2d, conics, features, opac)]
-        render, alpha = fn(*leaves, depths, radii, s["width"], s["height"])
-        gr = torch.Generator().manual_seed(5)
-        ((render * torch.randn(render.shape, generator=gr) * keep).sum()
-         + (alpha * torch.randn(alpha.shape, generator=gr) * keep).sum()).backward()
-        return render, alpha, [x.grad for x in leaves]
+        return composite_with_grads(fn, (means2d, conics, features, opac), depths, radii, s["width"], s["height"], keep)
 
     r0, a0, g0 = composite(reference.composite)
     for level in LEVELS:
@@ -157,12 +164,7 @@ def test_binning_by_footprint_keeps_every_contribution():
     keep = (~ambiguous)[..., None].float()
 
     def composite(fn):
-        leaves = [t.detach().clone().requires_grad_(True) for t in (means2d, conics, features, opac)]
-        render, alpha = fn(*leaves, depths, radii, W, H)
-        gr = torch.Generator().manual_seed(5)
-        ((render * torch.randn(render.shape, generator=gr) * keep).sum()
-         + (alpha * torch.randn(alpha.shape, generator=gr) * keep).sum()).backward()
-        return render, alpha, [x.grad for x in leaves]
+        return composite_with_grads(fn, (means2d, conics, features, opac), depths, radii, W, H, keep)
 
     r0, a0, g0 = composite(reference.composite)
     assert float(a0.detach().max()) > 0.5  # the scene is not empty

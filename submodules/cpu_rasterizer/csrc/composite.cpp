@@ -335,7 +335,6 @@ void dispatch_channels(int D, const F& f) {
   }
 }
 
-
 // The reduction of composite_backward's (tile, Gaussian) slots of one tile group into the gradients:
 // each rank in [b, e) adds its slots of the group (slot positions [pos_lo, pos_hi)), in tile order, to
 // its Gaussian's gradient (6 + D floats: mean 2, conic 3, opacity, features). A Gaussian's running sum
