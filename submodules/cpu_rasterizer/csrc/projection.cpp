@@ -47,101 +47,6 @@ Camera make_camera(const float* viewmat, const float* K, int64_t W, int64_t H) {
   return cam;
 }
 
-// Normalised quaternion -> rotation matrix, and the world covariance Sigma = (R S)(R S)^T.
-struct Shape {
-  float norm;        // |q| before the clamp
-  float q[4];        // normalised wxyz
-  float Rq[3][3];    // rotation
-  float M[3][3];     // Rq diag(scale)
-  float Sigma[3][3];
-};
-
-Shape make_shape(const float* quat, const float* scale) {
-  Shape s;
-  const float w0 = quat[0], x0 = quat[1], y0 = quat[2], z0 = quat[3];
-  s.norm = std::sqrt(((w0 * w0 + x0 * x0) + y0 * y0) + z0 * z0);
-  const float nc = std::max(s.norm, 1e-12f);
-  const float w = w0 / nc, x = x0 / nc, y = y0 / nc, z = z0 / nc;
-  s.q[0] = w, s.q[1] = x, s.q[2] = y, s.q[3] = z;
-  s.Rq[0][0] = 1.0f - 2.0f * (y * y + z * z);
-  s.Rq[0][1] = 2.0f * (x * y - w * z);
-  s.Rq[0][2] = 2.0f * (x * z + w * y);
-  s.Rq[1][0] = 2.0f * (x * y + w * z);
-  s.Rq[1][1] = 1.0f - 2.0f * (x * x + z * z);
-  s.Rq[1][2] = 2.0f * (y * z - w * x);
-  s.Rq[2][0] = 2.0f * (x * z - w * y);
-  s.Rq[2][1] = 2.0f * (y * z + w * x);
-  s.Rq[2][2] = 1.0f - 2.0f * (x * x + y * y);
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) s.M[i][j] = s.Rq[i][j] * scale[j];
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) s.Sigma[i][j] = (s.M[i][0] * s.M[j][0] + s.M[i][1] * s.M[j][1]) + s.M[i][2] * s.M[j][2];
-  return s;
-}
-
-// Everything the forward computes for one (camera, Gaussian), kept for the backward's reuse.
-struct Projected {
-  float p[3];
-  bool in_range, valid;
-  float zs, u, v, uc, vc, tx, ty;
-  float J00, J02, J11, J12;
-  float jw[2][3], T1[2][3];
-  float a, b, c, det, ds;
-  float conic[3], mean2d[2];
-  int32_t radius;
-};
-
-Projected project_one(const Camera& cam, const float* mean, const Shape& s, float near_f, float far_f, int64_t W,
-                      int64_t H, int32_t tiles_x, int32_t tiles_y) {
-  Projected o;
-  for (int i = 0; i < 3; ++i)
-    o.p[i] = std::fma(cam.R[i][2], mean[2], std::fma(cam.R[i][1], mean[1], cam.R[i][0] * mean[0])) + cam.t[i];
-  const float z = o.p[2];
-  o.in_range = (z > near_f) && (z < far_f);
-  o.zs = o.in_range ? z : 1.0f;  // culled: computed on a safe value, as the reference does
-  o.u = o.p[0] / o.zs;
-  o.v = o.p[1] / o.zs;
-  o.uc = std::min(std::max(o.u, -cam.lim_x_neg), cam.lim_x_pos);
-  o.vc = std::min(std::max(o.v, -cam.lim_y_neg), cam.lim_y_pos);
-  o.tx = o.zs * o.uc;
-  o.ty = o.zs * o.vc;
-  const float zz = o.zs * o.zs;
-  o.J00 = cam.fx / o.zs;
-  o.J02 = (-cam.fx * o.tx) / zz;
-  o.J11 = cam.fy / o.zs;
-  o.J12 = (-cam.fy * o.ty) / zz;
-  for (int j = 0; j < 3; ++j) {
-    o.jw[0][j] = o.J00 * cam.R[0][j] + o.J02 * cam.R[2][j];
-    o.jw[1][j] = o.J11 * cam.R[1][j] + o.J12 * cam.R[2][j];
-  }
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 3; ++j)
-      o.T1[i][j] = (o.jw[i][0] * s.Sigma[0][j] + o.jw[i][1] * s.Sigma[1][j]) + o.jw[i][2] * s.Sigma[2][j];
-  const float cov00 = (o.T1[0][0] * o.jw[0][0] + o.T1[0][1] * o.jw[0][1]) + o.T1[0][2] * o.jw[0][2];
-  const float cov01 = (o.T1[0][0] * o.jw[1][0] + o.T1[0][1] * o.jw[1][1]) + o.T1[0][2] * o.jw[1][2];
-  const float cov11 = (o.T1[1][0] * o.jw[1][0] + o.T1[1][1] * o.jw[1][1]) + o.T1[1][2] * o.jw[1][2];
-  o.a = cov00 + 0.3f;
-  o.b = cov01;
-  o.c = cov11 + 0.3f;
-  o.det = o.a * o.c - o.b * o.b;
-  o.valid = o.in_range && (o.det > 0.0f);
-  o.ds = o.valid ? o.det : 1.0f;
-  o.conic[0] = o.c / o.ds;
-  o.conic[1] = -o.b / o.ds;
-  o.conic[2] = o.a / o.ds;
-  o.mean2d[0] = cam.fx * o.u + cam.cx;
-  o.mean2d[1] = cam.fy * o.v + cam.cy;
-  // Radius: 3 sigma of the larger eigenvalue, rounded up; then culled when off the tile grid.
-  const float mid = 0.5f * (o.a + o.c);
-  const float lam = mid + std::sqrt(std::max(mid * mid - o.det, 0.1f));
-  float radius = std::ceil(3.0f * std::sqrt(lam));
-  if (!(o.valid && std::isfinite(radius))) radius = 0.0f;
-  radius = std::min(radius, static_cast<float>(4 * std::max(W, H) + 4 * kTile));
-  o.radius = static_cast<int32_t>(radius);
-  if (o.radius > 0 && tile_rect(o.mean2d[0], o.mean2d[1], o.radius, tiles_x, tiles_y).area() <= 0) o.radius = 0;
-  return o;
-}
-
 void check(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales, const at::Tensor& viewmats,
            const at::Tensor& Ks) {
   for (const at::Tensor* t : {&means, &quats, &scales, &viewmats, &Ks})
@@ -164,9 +69,10 @@ std::vector<Camera> make_cameras(const at::Tensor& viewmats, const at::Tensor& K
 
 }  // namespace
 
-// project_one for 16 Gaussians at once: the same operations in the same order on 16 lanes (IEEE
-// arithmetic is lane-wise, so every lane equals the scalar result bit for bit). std::min/max(a, b) are
-// written as the selects they are ((a < b) ? b : a), so NaN lanes behave as in the scalar code.
+// The projection of 16 Gaussians at once, one per lane, with the reference's float32 operations in its
+// order (IEEE arithmetic is lane-wise, so every lane is what scalar code in that order would give).
+// std::min/max(a, b) are written as the selects they are ((a < b) ? b : a), so NaN lanes behave as in
+// scalar code.
 namespace {
 
 inline vf16 smax(vf16 a, vf16 b) { return select(a < b, b, a); }  // std::max(a, b)
@@ -187,7 +93,7 @@ struct Lanes16 {
 void project16(const Lanes16& in, const std::vector<Camera>& cams, float near_f, float far_f, int64_t W, int64_t H,
                int32_t tiles_x, int32_t tiles_y, int64_t N, int64_t n0, int cnt, float* o_m, float* o_c, float* o_d,
                int32_t* o_r) {
-  // Shape: normalised quaternion, rotation, M = R diag(s), Sigma = M M^T (as make_shape).
+  // Shape: normalised quaternion, rotation, M = R diag(s), Sigma = M M^T.
   const vf16 norm = vsqrt(((in.q[0] * in.q[0] + in.q[1] * in.q[1]) + in.q[2] * in.q[2]) + in.q[3] * in.q[3]);
   const vf16 nc = smax(norm, splat<vf16>(1e-12f));
   const vf16 w = in.q[0] / nc, x = in.q[1] / nc, y = in.q[2] / nc, z = in.q[3] / nc;
@@ -262,6 +168,143 @@ void project16(const Lanes16& in, const std::vector<Camera>& cams, float near_f,
   }
 }
 
+
+// The backward of 16 Gaussians at once, one per lane (it replaced a scalar loop, whose results it gives
+// bit for bit where the target has FMA): the projection is recomputed as project16 computes it, then the
+// gradient of every step, summed over the cameras. A camera that sends a lane no gradient is masked out
+// of that lane's sums; a lane no camera sends a gradient gets exact zeros.
+void project_backward16(const Lanes16& in, const std::vector<Camera>& cams, float near_f, float far_f,
+                        const float* gm2, const float* gcn, const float* gdp, int64_t N, int64_t n0, int cnt,
+                        float* o_gm, float* o_gq, float* o_gs) {
+  const vf16 zero = splat<vf16>(0.0f);
+  const vf16 norm = vsqrt(((in.q[0] * in.q[0] + in.q[1] * in.q[1]) + in.q[2] * in.q[2]) + in.q[3] * in.q[3]);
+  const vf16 nc = smax(norm, splat<vf16>(1e-12f));
+  const vf16 w = in.q[0] / nc, x = in.q[1] / nc, y = in.q[2] / nc, z = in.q[3] / nc;
+  vf16 Rq[3][3];
+  Rq[0][0] = 1.0f - 2.0f * (y * y + z * z);
+  Rq[0][1] = 2.0f * (x * y - w * z);
+  Rq[0][2] = 2.0f * (x * z + w * y);
+  Rq[1][0] = 2.0f * (x * y + w * z);
+  Rq[1][1] = 1.0f - 2.0f * (x * x + z * z);
+  Rq[1][2] = 2.0f * (y * z - w * x);
+  Rq[2][0] = 2.0f * (x * z - w * y);
+  Rq[2][1] = 2.0f * (y * z + w * x);
+  Rq[2][2] = 1.0f - 2.0f * (x * x + y * y);
+  vf16 M[3][3], S[3][3];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) M[i][j] = Rq[i][j] * in.s[j];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) S[i][j] = (M[i][0] * M[j][0] + M[i][1] * M[j][1]) + M[i][2] * M[j][2];
+  vf16 gSigma[3][3], gmean[3] = {zero, zero, zero};
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) gSigma[i][j] = zero;
+  vi16 any_grad = isplat<vi16>(0);
+  for (size_t ci = 0; ci < cams.size(); ++ci) {
+    const Camera& cam = cams[ci];
+    vf16 gx, gy, gA, gB, gC, gz;
+    for (int l = 0; l < 16; ++l) {
+      const int64_t k = static_cast<int64_t>(ci) * N + n0 + std::min(l, cnt - 1);
+      gx[l] = gm2[2 * k], gy[l] = gm2[2 * k + 1];
+      gA[l] = gcn[3 * k], gB[l] = gcn[3 * k + 1], gC[l] = gcn[3 * k + 2];
+      gz[l] = gdp[k];
+    }
+    const vi16 act = (gx != 0.0f) | (gy != 0.0f) | (gA != 0.0f) | (gB != 0.0f) | (gC != 0.0f) | (gz != 0.0f);
+    if (!any(act)) continue;
+    any_grad |= act;
+    // The projection, as project16 computes it.
+    vf16 p[3];
+    for (int i = 0; i < 3; ++i)
+      p[i] = fma(splat<vf16>(cam.R[i][2]), in.m[2], fma(splat<vf16>(cam.R[i][1]), in.m[1], cam.R[i][0] * in.m[0])) +
+             cam.t[i];
+    const vf16 zv = p[2];
+    const vi16 in_range = (zv > near_f) & (zv < far_f);
+    const vf16 zs = select(in_range, zv, splat<vf16>(1.0f));
+    const vf16 u = p[0] / zs, v = p[1] / zs;
+    const vf16 uc = smin(smax(u, splat<vf16>(-cam.lim_x_neg)), splat<vf16>(cam.lim_x_pos));
+    const vf16 vc = smin(smax(v, splat<vf16>(-cam.lim_y_neg)), splat<vf16>(cam.lim_y_pos));
+    const vf16 tx = zs * uc, ty = zs * vc, zz = zs * zs;
+    const vf16 J00 = cam.fx / zs, J02 = (-cam.fx * tx) / zz, J11 = cam.fy / zs, J12 = (-cam.fy * ty) / zz;
+    vf16 jw[2][3], T1[2][3];
+    for (int j = 0; j < 3; ++j) {
+      jw[0][j] = J00 * cam.R[0][j] + J02 * cam.R[2][j];
+      jw[1][j] = J11 * cam.R[1][j] + J12 * cam.R[2][j];
+    }
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 3; ++j) T1[i][j] = (jw[i][0] * S[0][j] + jw[i][1] * S[1][j]) + jw[i][2] * S[2][j];
+    const vf16 cov00 = (T1[0][0] * jw[0][0] + T1[0][1] * jw[0][1]) + T1[0][2] * jw[0][2];
+    const vf16 cov01 = (T1[0][0] * jw[1][0] + T1[0][1] * jw[1][1]) + T1[0][2] * jw[1][2];
+    const vf16 cov11 = (T1[1][0] * jw[1][0] + T1[1][1] * jw[1][1]) + T1[1][2] * jw[1][2];
+    const vf16 a = cov00 + 0.3f, b = cov01, c = cov11 + 0.3f;
+    const vf16 det = a * c - b * b;
+    const vi16 valid = in_range & (det > 0.0f);
+    const vf16 ds = select(valid, det, splat<vf16>(1.0f));
+    const vf16 con0 = c / ds, con1 = -b / ds, con2 = a / ds;
+    // The gradient (project_backward's scalar loop).
+    vf16 g_a = gC / ds, g_b = -gB / ds, g_c = gA / ds;
+    const vf16 g_det = -((gA * con0 + gB * con1) + gC * con2) / ds;
+    g_a = select(valid, g_a + g_det * c, g_a);
+    g_c = select(valid, g_c + g_det * a, g_c);
+    g_b = select(valid, g_b + (-2.0f * b) * g_det, g_b);
+    const vf16 G[2][2] = {{g_a, 0.5f * g_b}, {0.5f * g_b, g_c}};
+    vf16 g_jw[2][3], Gjw[2][3];
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 3; ++j) g_jw[i][j] = 2.0f * (G[i][0] * T1[0][j] + G[i][1] * T1[1][j]);
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 3; ++j) Gjw[i][j] = G[i][0] * jw[0][j] + G[i][1] * jw[1][j];
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j)
+        gSigma[i][j] = select(act, gSigma[i][j] + (jw[0][i] * Gjw[0][j] + jw[1][i] * Gjw[1][j]), gSigma[i][j]);
+    vf16 gJ00 = zero, gJ02 = zero, gJ11 = zero, gJ12 = zero;
+    for (int j = 0; j < 3; ++j) {
+      gJ00 += g_jw[0][j] * cam.R[0][j];
+      gJ02 += g_jw[0][j] * cam.R[2][j];
+      gJ11 += g_jw[1][j] * cam.R[1][j];
+      gJ12 += g_jw[1][j] * cam.R[2][j];
+    }
+    vf16 g_zs = ((((-J00) / zs * gJ00) - J11 / zs * gJ11) - 2.0f * J02 / zs * gJ02) - 2.0f * J12 / zs * gJ12;
+    const vf16 g_tx = -cam.fx / (zs * zs) * gJ02;
+    const vf16 g_ty = -cam.fy / (zs * zs) * gJ12;
+    g_zs += uc * g_tx + vc * g_ty;
+    vf16 g_u = cam.fx * gx, g_v = cam.fy * gy;
+    g_u = select((u > -cam.lim_x_neg) & (u < cam.lim_x_pos), g_u + zs * g_tx, g_u);
+    g_v = select((v > -cam.lim_y_neg) & (v < cam.lim_y_pos), g_v + zs * g_ty, g_v);
+    const vf16 g_p0 = g_u / zs, g_p1 = g_v / zs;
+    g_zs -= (u * g_u + v * g_v) / zs;
+    const vf16 g_p2 = gz + select(in_range, g_zs, zero);
+    for (int j = 0; j < 3; ++j)
+      gmean[j] = select(act, gmean[j] + ((cam.R[0][j] * g_p0 + cam.R[1][j] * g_p1) + cam.R[2][j] * g_p2), gmean[j]);
+  }
+  // Sigma = M M^T: dL/dM = 2 gSigma M (gSigma symmetric); M = Rq diag(scale).
+  vf16 gR[3][3], gs[3] = {zero, zero, zero};
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) {
+      const vf16 gM = 2.0f * ((gSigma[i][0] * M[0][j] + gSigma[i][1] * M[1][j]) + gSigma[i][2] * M[2][j]);
+      gR[i][j] = gM * in.s[j];
+      gs[j] += gM * Rq[i][j];
+    }
+  vf16 gq[4];
+  gq[0] = 2.0f * (((((-z * gR[0][1] + y * gR[0][2]) + z * gR[1][0]) - x * gR[1][2]) - y * gR[2][0]) + x * gR[2][1]);
+  gq[1] = 2.0f * (((((((y * gR[0][1] + z * gR[0][2]) + y * gR[1][0]) - 2.0f * x * gR[1][1]) - w * gR[1][2]) +
+                    z * gR[2][0]) + w * gR[2][1]) - 2.0f * x * gR[2][2]);
+  gq[2] = 2.0f * (((((((-2.0f * y * gR[0][0] + x * gR[0][1]) + w * gR[0][2]) + x * gR[1][0]) + z * gR[1][2]) -
+                    w * gR[2][0]) + z * gR[2][1]) - 2.0f * y * gR[2][2]);
+  gq[3] = 2.0f * (((((((-2.0f * z * gR[0][0] - w * gR[0][1]) + x * gR[0][2]) + w * gR[1][0]) - 2.0f * z * gR[1][1]) +
+                    y * gR[1][2]) + x * gR[2][0]) + y * gR[2][1]);
+  const vf16 qn[4] = {w, x, y, z};
+  const vf16 dot = ((w * gq[0] + x * gq[1]) + y * gq[2]) + z * gq[3];
+  const vi16 big = norm > 1e-12f;
+  vf16 oq[4];
+  for (int i = 0; i < 4; ++i) oq[i] = select(any_grad, select(big, (gq[i] - qn[i] * dot) / norm, gq[i] / 1e-12f), zero);
+  for (int j = 0; j < 3; ++j) {
+    gs[j] = select(any_grad, gs[j], zero);
+    gmean[j] = select(any_grad, gmean[j], zero);
+  }
+  for (int l = 0; l < cnt; ++l) {
+    const int64_t n = n0 + l;
+    for (int j = 0; j < 3; ++j) o_gm[3 * n + j] = gmean[j][l], o_gs[3 * n + j] = gs[j][l];
+    for (int i = 0; i < 4; ++i) o_gq[4 * n + i] = oq[i][l];
+  }
+}
 }  // namespace
 
 // Returns means2d (C,N,2), conics (C,N,3), depths (C,N), radii (C,N) int32.
@@ -320,8 +363,6 @@ std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tens
   TORCH_CHECK(g_means2d.numel() == C * N * 2 && g_conics.numel() == C * N * 3 && g_depths.numel() == C * N,
               "cpu rasterizer: gradient shapes do not match");
   const std::vector<Camera> cams = make_cameras(viewmats, Ks, width, height);
-  const int32_t tiles_x = static_cast<int32_t>((width + kTile - 1) / kTile);
-  const int32_t tiles_y = static_cast<int32_t>((height + kTile - 1) / kTile);
   const float near_f = static_cast<float>(near_plane), far_f = static_cast<float>(far_plane);
   // Every element is written below (zeros where no gradient arrives), so no zero-fill first.
   at::Tensor g_means = at::empty({N, 3}, at::kFloat);
@@ -336,95 +377,18 @@ std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tens
   float* o_gm = g_means.data_ptr<float>();
   float* o_gq = g_quats.data_ptr<float>();
   float* o_gs = g_scales.data_ptr<float>();
-  parallel_range(N, 1024, [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) {
-      const Shape s = make_shape(q + 4 * n, sc + 3 * n);
-      float gSigma[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};  // symmetric dL/dSigma, summed over cameras
-      float gmean[3] = {0, 0, 0};
-      bool any_grad = false;
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t k = c * N + n;
-        const float gx = gm2[2 * k], gy = gm2[2 * k + 1];
-        const float gA = gcn[3 * k], gB = gcn[3 * k + 1], gC = gcn[3 * k + 2];
-        const float gz = gdp[k];
-        if (gx == 0.0f && gy == 0.0f && gA == 0.0f && gB == 0.0f && gC == 0.0f && gz == 0.0f) continue;
-        any_grad = true;
-        const Camera& cam = cams[c];
-        const Projected o = project_one(cam, m + 3 * n, s, near_f, far_f, width, height, tiles_x, tiles_y);
-        // conic = (c, -b, a) / ds
-        float g_a = gC / o.ds, g_b = -gB / o.ds, g_c = gA / o.ds;
-        if (o.valid) {
-          const float g_det = -(gA * o.conic[0] + gB * o.conic[1] + gC * o.conic[2]) / o.ds;
-          g_a += g_det * o.c;
-          g_c += g_det * o.a;
-          g_b += -2.0f * o.b * g_det;
-        }
-        // cov = jw Sigma jw^T; only cov01 feeds b, but with Sigma symmetric the symmetric split
-        // G = [[g_a, g_b/2], [g_b/2, g_c]] gives the same gradients.
-        const float G[2][2] = {{g_a, 0.5f * g_b}, {0.5f * g_b, g_c}};
-        float g_jw[2][3];
-        for (int i = 0; i < 2; ++i)
-          for (int j = 0; j < 3; ++j) g_jw[i][j] = 2.0f * (G[i][0] * o.T1[0][j] + G[i][1] * o.T1[1][j]);
-        float Gjw[2][3];  // G jw
-        for (int i = 0; i < 2; ++i)
-          for (int j = 0; j < 3; ++j) Gjw[i][j] = G[i][0] * o.jw[0][j] + G[i][1] * o.jw[1][j];
-        for (int i = 0; i < 3; ++i)
-          for (int j = 0; j < 3; ++j) gSigma[i][j] += o.jw[0][i] * Gjw[0][j] + o.jw[1][i] * Gjw[1][j];
-        // jw = J R with J = [[J00, 0, J02], [0, J11, J12]]
-        float gJ00 = 0, gJ02 = 0, gJ11 = 0, gJ12 = 0;
-        for (int j = 0; j < 3; ++j) {
-          gJ00 += g_jw[0][j] * cam.R[0][j];
-          gJ02 += g_jw[0][j] * cam.R[2][j];
-          gJ11 += g_jw[1][j] * cam.R[1][j];
-          gJ12 += g_jw[1][j] * cam.R[2][j];
-        }
-        float g_zs = -o.J00 / o.zs * gJ00 - o.J11 / o.zs * gJ11 - 2.0f * o.J02 / o.zs * gJ02 -
-                     2.0f * o.J12 / o.zs * gJ12;
-        const float g_tx = -cam.fx / (o.zs * o.zs) * gJ02;
-        const float g_ty = -cam.fy / (o.zs * o.zs) * gJ12;
-        g_zs += o.uc * g_tx + o.vc * g_ty;
-        float g_u = cam.fx * gx, g_v = cam.fy * gy;
-        if (o.u > -cam.lim_x_neg && o.u < cam.lim_x_pos) g_u += o.zs * g_tx;
-        if (o.v > -cam.lim_y_neg && o.v < cam.lim_y_pos) g_v += o.zs * g_ty;
-        const float g_p0 = g_u / o.zs, g_p1 = g_v / o.zs;
-        g_zs -= (o.u * g_u + o.v * g_v) / o.zs;
-        const float g_p[3] = {g_p0, g_p1, gz + (o.in_range ? g_zs : 0.0f)};
-        for (int j = 0; j < 3; ++j) gmean[j] += cam.R[0][j] * g_p[0] + cam.R[1][j] * g_p[1] + cam.R[2][j] * g_p[2];
+  const int64_t blocks = (N + 15) / 16;
+  parallel_range(blocks, 64, [&](int64_t b, int64_t e) {
+    for (int64_t blk = b; blk < e; ++blk) {
+      const int64_t n0 = blk * 16;
+      const int cnt = static_cast<int>(std::min<int64_t>(16, N - n0));
+      Lanes16 in;
+      for (int l = 0; l < 16; ++l) {
+        const int64_t n = n0 + std::min(l, cnt - 1);  // spare lanes repeat the last Gaussian, unused
+        for (int i = 0; i < 3; ++i) in.m[i][l] = m[3 * n + i], in.s[i][l] = sc[3 * n + i];
+        for (int i = 0; i < 4; ++i) in.q[i][l] = q[4 * n + i];
       }
-      if (!any_grad) {
-        std::fill(o_gm + 3 * n, o_gm + 3 * n + 3, 0.0f);
-        std::fill(o_gq + 4 * n, o_gq + 4 * n + 4, 0.0f);
-        std::fill(o_gs + 3 * n, o_gs + 3 * n + 3, 0.0f);
-        continue;
-      }
-      for (int j = 0; j < 3; ++j) o_gm[3 * n + j] = gmean[j];
-      // Sigma = M M^T: dL/dM = 2 gSigma M (gSigma symmetric); M = Rq diag(scale).
-      float gR[3][3];
-      float gs[3] = {0, 0, 0};
-      for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j) {
-          const float gM = 2.0f * (gSigma[i][0] * s.M[0][j] + gSigma[i][1] * s.M[1][j] + gSigma[i][2] * s.M[2][j]);
-          gR[i][j] = gM * sc[3 * n + j];
-          gs[j] += gM * s.Rq[i][j];
-        }
-      for (int j = 0; j < 3; ++j) o_gs[3 * n + j] = gs[j];
-      // Rotation entries as functions of the normalised quaternion (w, x, y, z).
-      const float w = s.q[0], x = s.q[1], y = s.q[2], z = s.q[3];
-      float gq[4];
-      gq[0] = 2.0f * (-z * gR[0][1] + y * gR[0][2] + z * gR[1][0] - x * gR[1][2] - y * gR[2][0] + x * gR[2][1]);
-      gq[1] = 2.0f * (y * gR[0][1] + z * gR[0][2] + y * gR[1][0] - 2.0f * x * gR[1][1] - w * gR[1][2] +
-                      z * gR[2][0] + w * gR[2][1] - 2.0f * x * gR[2][2]);
-      gq[2] = 2.0f * (-2.0f * y * gR[0][0] + x * gR[0][1] + w * gR[0][2] + x * gR[1][0] + z * gR[1][2] -
-                      w * gR[2][0] + z * gR[2][1] - 2.0f * y * gR[2][2]);
-      gq[3] = 2.0f * (-2.0f * z * gR[0][0] - w * gR[0][1] + x * gR[0][2] + w * gR[1][0] - 2.0f * z * gR[1][1] +
-                      y * gR[1][2] + x * gR[2][0] + y * gR[2][1]);
-      // q = quat / max(|quat|, 1e-12)
-      if (s.norm > 1e-12f) {
-        const float dot = w * gq[0] + x * gq[1] + y * gq[2] + z * gq[3];
-        for (int i = 0; i < 4; ++i) o_gq[4 * n + i] = (gq[i] - s.q[i] * dot) / s.norm;
-      } else {
-        for (int i = 0; i < 4; ++i) o_gq[4 * n + i] = gq[i] / 1e-12f;
-      }
+      project_backward16(in, cams, near_f, far_f, gm2, gcn, gdp, N, n0, cnt, o_gm, o_gq, o_gs);
     }
   });
   return {g_means, g_quats, g_scales};
