@@ -76,6 +76,11 @@ class OptimizationParams:
     Validation, test and the densification thresholds stay in full-size units."""
     resolution_schedule: int = 3000
     """Steps per resolution level of `num_downscales`."""
+    downscale_random_init_only: bool = False
+    """Apply the resolution schedule only to a start from random points (Blender scenes); a start from
+    SfM points trains at full size from step 0. The early steps of a random start are the costliest
+    (100k Gaussians spread over the whole cube), while an SfM start loses more to early half-size steps
+    (BENCHMARKS.md, issue 15)."""
 
     def __post_init__(self):
         opt = "--model.optimization."
@@ -88,8 +93,11 @@ class OptimizationParams:
         check(0 <= self.num_downscales <= 4, opt + "num_downscales", f"must be in 0..4, got {self.num_downscales}")
         check(self.resolution_schedule > 0, opt + "resolution_schedule", f"must be > 0, got {self.resolution_schedule}")
 
-    def downscale_factor(self, step: int) -> int:
-        """The integer factor the training images are down-scaled by at `step` (1 = full size)."""
+    def downscale_factor(self, step: int, random_init: bool = True) -> int:
+        """The integer factor the training images are down-scaled by at `step` (1 = full size);
+        `random_init`: whether the Gaussians started from random points."""
+        if self.downscale_random_init_only and not random_init:
+            return 1
         return 2 ** max(self.num_downscales - step // self.resolution_schedule, 0)
 
 
@@ -147,12 +155,14 @@ class GaussianSplatting(lightning.LightningModule):
         self.generator.manual_seed(0)
         self._eval_rows: list[dict] = []
         self._lpips: Optional[metrics.LPIPS] = None
+        self._random_init = False  # the scene's initial points are random (set from the scene in setup)
 
     # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self.trainer is not None else None
         scene = dm.scene if dm is not None else None
         if scene is not None:
+            self._random_init = bool(scene.random_points)
             self.extent.fill_(float(scene.extent))
             bg = scene.background if self.background_mode == "auto" else self._named_background()
             self.scene_background.copy_(torch.as_tensor(bg, dtype=torch.float32))
@@ -199,7 +209,7 @@ class GaussianSplatting(lightning.LightningModule):
             # The image was composited on the scene background; put the random one behind it instead.
             a = batch.alpha.float()[..., None] / 255.0
             gt = gt + (1.0 - a) * (background - self.scene_background.to(gt.device))
-        factor = self.opt.downscale_factor(step)
+        factor = self.opt.downscale_factor(step, self._random_init)
         camera, mask = batch.camera, batch.mask
         if factor > 1:
             camera, gt, mask = camera.scaled(factor), block_mean(gt, factor), _block_all(mask, factor)

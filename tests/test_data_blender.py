@@ -29,6 +29,7 @@ def test_lego_400_all_splits():
     root = shared(LEGO_400)
     s = load_scene(root)
     assert s.kind == "blender"
+    assert s.random_points  # 3DGS fills a cube with random points
     assert (len(s.train_ids), len(s.val_ids), len(s.test_ids)) == (100, 25, 50)
     assert s.image_names[s.val_ids[1]] == "val/r_4.png"
     f = 0.5 * 400 / math.tan(0.5 * 0.6911112070083618)

@@ -42,6 +42,7 @@ def test_statue_bin_and_txt_identical():
     a = load_scene(root)
     b = load_scene(root, params(sparse_dir="sparse_txt/0"))
     assert a.kind == b.kind == "colmap"
+    assert not a.random_points and not b.random_points  # a reconstruction's points
     assert a.image_names == b.image_names and len(a) == 23
     for f in CAMERA_FIELDS:
         assert torch.equal(getattr(a.cameras, f), getattr(b.cameras, f)), f

@@ -202,6 +202,9 @@ def test_resolution_schedule_factors_and_block_means():
     o = OptimizationParams(num_downscales=2, resolution_schedule=100)
     assert [o.downscale_factor(s) for s in (0, 99, 100, 199, 200, 5000)] == [4, 4, 2, 2, 1, 1]
     assert OptimizationParams().downscale_factor(0) == 1  # off by default: the 3DGS recipe is unchanged
+    r = OptimizationParams(num_downscales=1, resolution_schedule=100, downscale_random_init_only=True)
+    assert [r.downscale_factor(s, random_init=True) for s in (0, 99, 100)] == [2, 2, 1]
+    assert [r.downscale_factor(s, random_init=False) for s in (0, 99, 100)] == [1, 1, 1]  # an SfM start: full size
     img = torch.arange(7 * 5 * 3, dtype=torch.float32).reshape(7, 5, 3)
     small = block_mean(img, 2)  # the top-left 6x4 pixels in 2x2 blocks, as Cameras.scaled assumes
     assert small.shape == (3, 2, 3)
@@ -219,8 +222,10 @@ def test_resolution_schedule_factors_and_block_means():
 
 def test_fit_with_a_resolution_schedule_trains_at_low_resolution_first(demo, tmp_path):
     steps = 90
+    # (random_init_only: the Blender scene starts from random points, so the schedule applies)
     cli = make_cli(demo, tmp_path, "ds", steps, "--model.optimization.num_downscales", "1",
-                   "--model.optimization.resolution_schedule", "45")
+                   "--model.optimization.resolution_schedule", "45",
+                   "--model.optimization.downscale_random_init_only", "true")
     widths, render = [], cli.model.renderer.forward
 
     def recording(gaussians, cameras, *args, **kwargs):

@@ -191,4 +191,5 @@ def load_blender(path: str | os.PathLike, params: BlenderParams = BlenderParams(
         file_sizes=file_sizes,
         distortions=[None] * n,
         composite_alpha=True,
+        random_points=True,
     )

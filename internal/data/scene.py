@@ -49,6 +49,8 @@ class Scene:
     file_sizes: list[tuple[int, int]] = field(default_factory=list)
     distortions: list[Optional[Distortion]] = field(default_factory=list)
     composite_alpha: bool = False
+    # The initial points are random (Blender scenes: 3DGS fills a cube), not a reconstruction's.
+    random_points: bool = False
 
     def __len__(self) -> int:
         return len(self.image_names)
