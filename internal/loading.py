@@ -401,14 +401,15 @@ def sort_by_visibility(model: LoadedModel) -> LoadedModel:
 
 class _GaussiansView:
     """The read side of a GaussianModel over already-activated tensors, for a renderer's forward: get_*,
-    the raw means/sh0 (SH are not activated) and the extra per-Gaussian parameters by name."""
+    the raw means/quats/sh0 (quaternions of any norm: the rasterizer normalises them; SH are not
+    activated) and the extra per-Gaussian parameters by name."""
 
     def __init__(self, means, quats, scales, opacities, sh, degree: int, extras: dict | None = None):
         self._t = (means, quats, scales, opacities, sh)
         self.active_sh_degree = torch.tensor(degree)
         self.sh_degree = degree
         self.num_gaussians = means.shape[0]
-        self.means, self.sh0 = means, sh[:, :1]
+        self.means, self.quats, self.sh0 = means, quats, sh[:, :1]
         for name, value in (extras or {}).items():
             setattr(self, name, value)
 

@@ -213,7 +213,7 @@ class GaussianSplatting(lightning.LightningModule):
         camera, mask = batch.camera, batch.mask
         if factor > 1:
             camera, gt, mask = camera.scaled(factor), block_mean(gt, factor), _block_all(mask, factor)
-        out = self.renderer(self.gaussians, camera, background)
+        out = self.renderer(self.gaussians, camera, background, with_depth=False)  # the loss reads colours only
         collect_stats = self.density.wants_stats(step)  # no densification decision reads them afterwards
         if collect_stats:
             out.means2d.retain_grad()

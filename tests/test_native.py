@@ -512,3 +512,31 @@ def test_override_level_and_its_errors(asked, ok):
     else:
         last = res.stderr.strip().splitlines()[-1]
         assert res.returncode != 0 and "CPU_RASTERIZER_ISA" in last and asked in last, res.stderr
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_without_depth_the_colours_alphas_and_gradients_are_the_same(backend):
+    # Training asks for no depth (one channel fewer to composite): everything else must be unchanged, bit for
+    # bit (the channels are composited independently), and a quaternion's norm must not matter.
+    s = random_scene(23, n=200, cameras=2)
+    args = (s["viewmats"], s["Ks"], s["width"], s["height"])
+    outs, grads = [], []
+    for with_depth, quat_scale in ((True, 1.0), (False, 1.0), (False, 3.0)):
+        params = [s["means"].clone().requires_grad_(), (s["quats"] * quat_scale).requires_grad_(),
+                  s["scales"].clone().requires_grad_(), s["opacities"].clone().requires_grad_(),
+                  s["colors"].clone().requires_grad_()]
+        out = rasterize(*params, *args, sh_degree=s["sh_degree"], backend=backend, with_depth=with_depth,
+                        backgrounds=torch.tensor([0.2, 0.5, 0.9]))
+        assert (out.depths is None) == (not with_depth)
+        g_img = torch.randn(out.colors.shape, generator=torch.Generator().manual_seed(1))
+        ((out.colors * g_img).sum() + out.alphas.sum()).backward()
+        outs.append((out.colors.detach(), out.alphas.detach(), out.means2d.detach(), out.radii))
+        grads.append([p.grad * (quat_scale if i == 1 else 1.0) for i, p in enumerate(params)])  # d/dq scales by 1/k
+    for a, b in zip(outs[0], outs[1]):
+        assert torch.equal(a, b)
+    for a, b in zip(grads[0], grads[1]):
+        assert torch.equal(a, b)
+    for a, b in zip(outs[1], outs[2]):  # a quaternion of norm 3: the same rotation, within rounding
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads[1], grads[2]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

@@ -2,7 +2,8 @@
 
     out = rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                     near=0.01, far=1e10, sh_degree=3, backgrounds=None, backend="auto")
-    out.colors (C,H,W,3), out.alphas (C,H,W,1), out.depths (C,H,W,1) expected depth,
+    out.colors (C,H,W,3), out.alphas (C,H,W,1), out.depths (C,H,W,1) expected depth (None with
+    with_depth=False: training reads only the colours, and one channel fewer is cheaper to composite),
     out.means2d (C,N,2) (call .retain_grad() before backward to read the densification gradient),
     out.radii (C,N) int32 (0 = culled).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -29,7 +31,7 @@ BACKENDS = ("auto", "torch", "cpu", "gsplat")
 class RenderOutput:
     colors: Tensor  # (C,H,W,3), composited on the background
     alphas: Tensor  # (C,H,W,1)
-    depths: Tensor  # (C,H,W,1) expected depth (0 where nothing was drawn)
+    depths: Optional[Tensor]  # (C,H,W,1) expected depth (0 where nothing was drawn); None when not asked for
     means2d: Tensor  # (C,N,2) screen-space means in pixels
     radii: Tensor  # (C,N) int32 screen-space radius, 0 = culled
     width: int
@@ -144,6 +146,7 @@ def rasterize(
     backgrounds: Tensor | None = None,
     backend: str = "auto",
     tile_size: int = 16,
+    with_depth: bool = True,
 ) -> RenderOutput:
     """Render N Gaussians into C cameras.
 
@@ -154,6 +157,8 @@ def rasterize(
             GaussianModel keeps them (the cpu backend reads them in place, the others join them);
         viewmats (C,4,4) world-to-camera (OpenCV); Ks (C,3,3);
         backgrounds: (3,) or (C,3) colour behind the Gaussians (default black).
+        with_depth: also composite the expected depth (out.depths); False leaves it None, and the colours,
+            alphas and every gradient are the same.
     Returns:
         RenderOutput (see the module docstring for shapes).
     """
@@ -180,7 +185,8 @@ def rasterize(
         from .gsplat_backend import rasterize_gsplat
 
         return rasterize_gsplat(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height, near, far, sh_degree, backgrounds, tile_size
+            means, quats, scales, opacities, colors, viewmats, Ks, width, height, near, far, sh_degree, backgrounds, tile_size,
+            with_depth,
         )
     if backend == "cpu":
         from . import native
@@ -195,10 +201,14 @@ def rasterize(
         cam_colors = colors if colors.dim() == 3 else colors[None].expand(C, -1, -1)
     else:
         cam_colors = shade(means, colors, sh_degree, viewmats)
-    features = torch.cat([cam_colors, depths[..., None]], dim=-1)  # the depth channel gives expected depth
+    # A depth channel gives the expected depth. (The channels are composited independently, so leaving it
+    # out changes nothing else.)
+    features = torch.cat([cam_colors, depths[..., None]], dim=-1) if with_depth else cam_colors
     render, alphas = composite(means2d, conics, features, opacities, depths, radii, width, height, tile_size)
     rgb = render[..., :3] + (1.0 - alphas) * backgrounds[:, None, None, :]
-    depth = torch.where(alphas > 0, render[..., 3:] / alphas.clamp_min(1e-10), torch.zeros_like(alphas))
+    depth = None
+    if with_depth:
+        depth = torch.where(alphas > 0, render[..., 3:] / alphas.clamp_min(1e-10), torch.zeros_like(alphas))
     return RenderOutput(rgb, alphas, depth, means2d, radii, width, height)
 
 

@@ -61,7 +61,7 @@ def load_gsplat():
 
 
 def rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near, far, sh_degree,
-                     backgrounds: Tensor, tile_size: int):
+                     backgrounds: Tensor, tile_size: int, with_depth: bool = True):
     from . import RenderOutput
 
     if means.dtype != torch.float32:
@@ -96,14 +96,14 @@ def rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, widt
         packed=False,
         tile_size=tile_size,
         backgrounds=None,
-        render_mode="RGB+ED",
+        render_mode="RGB+ED" if with_depth else "RGB",
         sparse_grad=False,
         absgrad=False,
         rasterize_mode="classic",
     )
     rgb = render[..., :3] + (1.0 - alphas) * backgrounds[:, None, None, :]
     # "ED" is already accumulated depth / max(alpha, 1e-10), as our finish stage computes it.
-    depth = torch.where(alphas > 0, render[..., 3:], torch.zeros_like(alphas))
+    depth = torch.where(alphas > 0, render[..., 3:], torch.zeros_like(alphas)) if with_depth else None
     means2d = meta["means2d"]  # the tensor gsplat rasterized from: retain_grad() on it gives the pixel gradient
     radii = _contract_radii(meta["radii"], meta["conics"], width, height, tile_size)
     return RenderOutput(rgb, alphas, depth, means2d, radii, width, height)

@@ -280,16 +280,17 @@ class AppearanceMLPRenderer(VanillaRenderer):
             group["lr"] = exp_lr(max(step - self.warm_up, 0), lr, lr * self.lr_final_factor, end - self.warm_up) * ddp.lr_factor(group)
 
     # ---------------------------------------------------------------- rendering
-    def forward(self, gaussians, cameras, background: Tensor, sh_degree: int | None = None) -> RenderOutput:
+    def forward(self, gaussians, cameras, background: Tensor, sh_degree: int | None = None,
+                with_depth: bool = True) -> RenderOutput:
         """cameras.appearance_id indexes group_names. During the warm-up of training: plain 3DGS."""
         if self.training and self._step < self.warm_up:
-            return super().forward(gaussians, cameras, background, sh_degree)
+            return super().forward(gaussians, cameras, background, sh_degree, with_depth=with_depth)
         ids = cameras.appearance_id.to(self.embeddings.device)
         n = len(self._groups)
         if n == 0 or bool(((ids < 0) | (ids >= n)).any()):
             raise ValueError(f"camera appearance_id {ids.tolist()} does not index the {n} appearance groups of the model "
                              f"({', '.join(self._groups[:10])}); pick a group with group_index(name)")
-        return self._render(gaussians, cameras, background, self.embeddings[ids], sh_degree)
+        return self._render(gaussians, cameras, background, self.embeddings[ids], sh_degree, with_depth)
 
     def _matrices(self, embeddings: Tensor) -> Tensor:
         """(C,E) group embeddings -> (C, 6, feature_dim + 4) per-camera matrices M_g."""
@@ -304,10 +305,11 @@ class AppearanceMLPRenderer(VanillaRenderer):
         viewmats = cameras.viewmats().to(gaussians.means.dtype)
         return shade(gaussians.get_means(), gaussians.sh_pair(), self._degree(gaussians, sh_degree), viewmats, self.backend)
 
-    def _render(self, gaussians, cameras, background, embeddings: Tensor, sh_degree=None) -> RenderOutput:
+    def _render(self, gaussians, cameras, background, embeddings: Tensor, sh_degree=None,
+                with_depth: bool = True) -> RenderOutput:
         colors = self._base_colors(gaussians, cameras, sh_degree)
         colors = affine_colors(colors, getattr(gaussians, FEATURES), self._base(gaussians), self._matrices(embeddings))
-        return self._rasterize(gaussians, cameras, background, colors, None)
+        return self._rasterize(gaussians, cameras, background, colors, None, with_depth=with_depth)
 
     # ---------------------------------------------------------------- evaluation
     def _table_id(self, cameras) -> int:
