@@ -18,8 +18,8 @@ fit and test), held-out PSNR, final Gaussians; then medians and new/old ratios. 
 bench/results/speed.jsonl. Wall-clock goals need a quiet machine: `uptime` is printed before each run.
 
 --per-step: per-step time from the difference of a 220-step and a 20-step run (start-up and the first
-image decodes cancel), lego 400 px with 50k random initial points, no densification yet, as issue 15
-measured OpenSplat 1.2.0's CPU mode (885 ms/step, 2 threads, 2-core Xeon; their build, not ours).
+image decodes cancel), lego 400 px with 50k random initial points, full-size images, no densification yet,
+as issue 15 measured OpenSplat 1.2.0's CPU mode (885 ms/step, 2 threads, 2-core Xeon; their build, not ours).
 """
 
 from __future__ import annotations
@@ -106,6 +106,10 @@ def fit_steps(side: str, steps: int, extra: list[str]) -> tuple[float, float]:
                "--data.params.blender.random_points", "50000", "--trainer.max_steps", str(steps),
                "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0", "--save_steps", "[]",
                "--checkpoint_every", "100000", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"] + extra
+        if "num_downscales" in (root / "internal" / "module.py").read_text():
+            # Full-size images from step 0, as OpenSplat's figure (cpu_fast.yaml's half-size start for random
+            # initialisations would otherwise make these steps cheaper; the whole runs keep it).
+            cmd += ["--model.optimization.num_downscales", "0"]
         c0, t0 = child_cpu(), time.perf_counter()
         subprocess.run(cmd, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.perf_counter() - t0, child_cpu() - c0
