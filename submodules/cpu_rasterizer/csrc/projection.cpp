@@ -90,14 +90,23 @@ struct Lanes16 {
   vf16 m[3], q[4], s[3];
 };
 
-void project16(const Lanes16& in, const std::vector<Camera>& cams, float near_f, float far_f, int64_t W, int64_t H,
-               int32_t tiles_x, int32_t tiles_y, int64_t N, int64_t n0, int cnt, float* o_m, float* o_c, float* o_d,
-               int32_t* o_r) {
-  // Shape: normalised quaternion, rotation, M = R diag(s), Sigma = M M^T.
-  const vf16 norm = vsqrt(((in.q[0] * in.q[0] + in.q[1] * in.q[1]) + in.q[2] * in.q[2]) + in.q[3] * in.q[3]);
+// Shape of 16 Gaussians: normalised quaternion, rotation, M = R diag(s), Sigma = M M^T.
+struct Shape16 {
+  vf16 norm;  // |q| before the clamp
+  vf16 w, x, y, z;
+  vf16 Rq[3][3], M[3][3], S[3][3];
+};
+
+inline Shape16 shape16(const Lanes16& in) {
+  Shape16 sh;
+  vf16& norm = sh.norm;
+  vf16(&Rq)[3][3] = sh.Rq;
+  vf16(&M)[3][3] = sh.M;
+  vf16(&S)[3][3] = sh.S;
+  norm = vsqrt(((in.q[0] * in.q[0] + in.q[1] * in.q[1]) + in.q[2] * in.q[2]) + in.q[3] * in.q[3]);
   const vf16 nc = smax(norm, splat<vf16>(1e-12f));
-  const vf16 w = in.q[0] / nc, x = in.q[1] / nc, y = in.q[2] / nc, z = in.q[3] / nc;
-  vf16 Rq[3][3];
+  sh.w = in.q[0] / nc, sh.x = in.q[1] / nc, sh.y = in.q[2] / nc, sh.z = in.q[3] / nc;
+  const vf16 w = sh.w, x = sh.x, y = sh.y, z = sh.z;
   Rq[0][0] = 1.0f - 2.0f * (y * y + z * z);
   Rq[0][1] = 2.0f * (x * y - w * z);
   Rq[0][2] = 2.0f * (x * z + w * y);
@@ -107,41 +116,69 @@ void project16(const Lanes16& in, const std::vector<Camera>& cams, float near_f,
   Rq[2][0] = 2.0f * (x * z - w * y);
   Rq[2][1] = 2.0f * (y * z + w * x);
   Rq[2][2] = 1.0f - 2.0f * (x * x + y * y);
-  vf16 M[3][3], S[3][3];
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) M[i][j] = Rq[i][j] * in.s[j];
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) S[i][j] = (M[i][0] * M[j][0] + M[i][1] * M[j][1]) + M[i][2] * M[j][2];
+  return sh;
+}
+
+// Camera-space point, Jacobian and 2D covariance/conic of 16 Gaussians in one camera (Sigma = S).
+struct Proj16 {
+  vf16 zv, zs, u, v, uc, vc;
+  vi16 in_range, valid;
+  vf16 J00, J02, J11, J12, jw[2][3], T1[2][3];
+  vf16 a, b, c, det, ds, con0, con1, con2;
+};
+
+inline Proj16 project_camera16(const Camera& cam, const Lanes16& in, const vf16 (&S)[3][3], float near_f, float far_f) {
+  Proj16 o;
+  vf16 p[3];
+  for (int i = 0; i < 3; ++i)
+    p[i] = fma(splat<vf16>(cam.R[i][2]), in.m[2], fma(splat<vf16>(cam.R[i][1]), in.m[1], cam.R[i][0] * in.m[0])) +
+           cam.t[i];
+  const vf16 zv = p[2];
+  const vi16 in_range = (zv > near_f) & (zv < far_f);
+  const vf16 zs = select(in_range, zv, splat<vf16>(1.0f));
+  const vf16 u = p[0] / zs, v = p[1] / zs;
+  const vf16 uc = smin(smax(u, splat<vf16>(-cam.lim_x_neg)), splat<vf16>(cam.lim_x_pos));
+  const vf16 vc = smin(smax(v, splat<vf16>(-cam.lim_y_neg)), splat<vf16>(cam.lim_y_pos));
+  const vf16 tx = zs * uc, ty = zs * vc, zz = zs * zs;
+  const vf16 J00 = cam.fx / zs, J02 = (-cam.fx * tx) / zz, J11 = cam.fy / zs, J12 = (-cam.fy * ty) / zz;
+  vf16 jw[2][3], T1[2][3];
+  for (int j = 0; j < 3; ++j) {
+    jw[0][j] = J00 * cam.R[0][j] + J02 * cam.R[2][j];
+    jw[1][j] = J11 * cam.R[1][j] + J12 * cam.R[2][j];
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) T1[i][j] = (jw[i][0] * S[0][j] + jw[i][1] * S[1][j]) + jw[i][2] * S[2][j];
+  const vf16 cov00 = (T1[0][0] * jw[0][0] + T1[0][1] * jw[0][1]) + T1[0][2] * jw[0][2];
+  const vf16 cov01 = (T1[0][0] * jw[1][0] + T1[0][1] * jw[1][1]) + T1[0][2] * jw[1][2];
+  const vf16 cov11 = (T1[1][0] * jw[1][0] + T1[1][1] * jw[1][1]) + T1[1][2] * jw[1][2];
+  const vf16 a = cov00 + 0.3f, b = cov01, c = cov11 + 0.3f;
+  const vf16 det = a * c - b * b;
+  const vi16 valid = in_range & (det > 0.0f);
+  const vf16 ds = select(valid, det, splat<vf16>(1.0f));
+  const vf16 con0 = c / ds, con1 = -b / ds, con2 = a / ds;
+  o.zv = zv, o.zs = zs, o.u = u, o.v = v, o.uc = uc, o.vc = vc, o.in_range = in_range, o.valid = valid;
+  o.J00 = J00, o.J02 = J02, o.J11 = J11, o.J12 = J12;
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) o.jw[i][j] = jw[i][j], o.T1[i][j] = T1[i][j];
+  o.a = a, o.b = b, o.c = c, o.det = det, o.ds = ds, o.con0 = con0, o.con1 = con1, o.con2 = con2;
+  return o;
+}
+
+void project16(const Lanes16& in, const std::vector<Camera>& cams, float near_f, float far_f, int64_t W, int64_t H,
+               int32_t tiles_x, int32_t tiles_y, int64_t N, int64_t n0, int cnt, float* o_m, float* o_c, float* o_d,
+               int32_t* o_r) {
+  const Shape16 sh = shape16(in);
   const float max_radius = static_cast<float>(4 * std::max(W, H) + 4 * kTile);
   for (size_t ci = 0; ci < cams.size(); ++ci) {
     const Camera& cam = cams[ci];
-    vf16 p[3];
-    for (int i = 0; i < 3; ++i)
-      p[i] = fma(splat<vf16>(cam.R[i][2]), in.m[2], fma(splat<vf16>(cam.R[i][1]), in.m[1], cam.R[i][0] * in.m[0])) +
-             cam.t[i];
-    const vf16 zv = p[2];
-    const vi16 in_range = (zv > near_f) & (zv < far_f);
-    const vf16 zs = select(in_range, zv, splat<vf16>(1.0f));
-    const vf16 u = p[0] / zs, v = p[1] / zs;
-    const vf16 uc = smin(smax(u, splat<vf16>(-cam.lim_x_neg)), splat<vf16>(cam.lim_x_pos));
-    const vf16 vc = smin(smax(v, splat<vf16>(-cam.lim_y_neg)), splat<vf16>(cam.lim_y_pos));
-    const vf16 tx = zs * uc, ty = zs * vc, zz = zs * zs;
-    const vf16 J00 = cam.fx / zs, J02 = (-cam.fx * tx) / zz, J11 = cam.fy / zs, J12 = (-cam.fy * ty) / zz;
-    vf16 jw[2][3], T1[2][3];
-    for (int j = 0; j < 3; ++j) {
-      jw[0][j] = J00 * cam.R[0][j] + J02 * cam.R[2][j];
-      jw[1][j] = J11 * cam.R[1][j] + J12 * cam.R[2][j];
-    }
-    for (int i = 0; i < 2; ++i)
-      for (int j = 0; j < 3; ++j) T1[i][j] = (jw[i][0] * S[0][j] + jw[i][1] * S[1][j]) + jw[i][2] * S[2][j];
-    const vf16 cov00 = (T1[0][0] * jw[0][0] + T1[0][1] * jw[0][1]) + T1[0][2] * jw[0][2];
-    const vf16 cov01 = (T1[0][0] * jw[1][0] + T1[0][1] * jw[1][1]) + T1[0][2] * jw[1][2];
-    const vf16 cov11 = (T1[1][0] * jw[1][0] + T1[1][1] * jw[1][1]) + T1[1][2] * jw[1][2];
-    const vf16 a = cov00 + 0.3f, b = cov01, c = cov11 + 0.3f;
-    const vf16 det = a * c - b * b;
-    const vi16 valid = in_range & (det > 0.0f);
-    const vf16 ds = select(valid, det, splat<vf16>(1.0f));
-    const vf16 con0 = c / ds, con1 = -b / ds, con2 = a / ds;
+    const Proj16 o = project_camera16(cam, in, sh.S, near_f, far_f);
+    const vf16 &zv = o.zv, &u = o.u, &v = o.v, &a = o.a, &c = o.c, &det = o.det;
+    const vf16 &con0 = o.con0, &con1 = o.con1, &con2 = o.con2;
+    const vi16& valid = o.valid;
     const vf16 mx = cam.fx * u + cam.cx, my = cam.fy * v + cam.cy;
     const vf16 mid = 0.5f * (a + c);
     const vf16 lam = mid + vsqrt(smax(mid * mid - det, splat<vf16>(0.1f)));
@@ -177,24 +214,11 @@ void project_backward16(const Lanes16& in, const std::vector<Camera>& cams, floa
                         const float* gm2, const float* gcn, const float* gdp, int64_t N, int64_t n0, int cnt,
                         float* o_gm, float* o_gq, float* o_gs) {
   const vf16 zero = splat<vf16>(0.0f);
-  const vf16 norm = vsqrt(((in.q[0] * in.q[0] + in.q[1] * in.q[1]) + in.q[2] * in.q[2]) + in.q[3] * in.q[3]);
-  const vf16 nc = smax(norm, splat<vf16>(1e-12f));
-  const vf16 w = in.q[0] / nc, x = in.q[1] / nc, y = in.q[2] / nc, z = in.q[3] / nc;
-  vf16 Rq[3][3];
-  Rq[0][0] = 1.0f - 2.0f * (y * y + z * z);
-  Rq[0][1] = 2.0f * (x * y - w * z);
-  Rq[0][2] = 2.0f * (x * z + w * y);
-  Rq[1][0] = 2.0f * (x * y + w * z);
-  Rq[1][1] = 1.0f - 2.0f * (x * x + z * z);
-  Rq[1][2] = 2.0f * (y * z - w * x);
-  Rq[2][0] = 2.0f * (x * z - w * y);
-  Rq[2][1] = 2.0f * (y * z + w * x);
-  Rq[2][2] = 1.0f - 2.0f * (x * x + y * y);
-  vf16 M[3][3], S[3][3];
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) M[i][j] = Rq[i][j] * in.s[j];
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) S[i][j] = (M[i][0] * M[j][0] + M[i][1] * M[j][1]) + M[i][2] * M[j][2];
+  const Shape16 sh = shape16(in);
+  const vf16 &norm = sh.norm, &w = sh.w, &x = sh.x, &y = sh.y, &z = sh.z;
+  const vf16(&Rq)[3][3] = sh.Rq;
+  const vf16(&M)[3][3] = sh.M;
+  const vf16(&S)[3][3] = sh.S;
   vf16 gSigma[3][3], gmean[3] = {zero, zero, zero};
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) gSigma[i][j] = zero;
@@ -211,35 +235,15 @@ void project_backward16(const Lanes16& in, const std::vector<Camera>& cams, floa
     const vi16 act = (gx != 0.0f) | (gy != 0.0f) | (gA != 0.0f) | (gB != 0.0f) | (gC != 0.0f) | (gz != 0.0f);
     if (!any(act)) continue;
     any_grad |= act;
-    // The projection, as project16 computes it.
-    vf16 p[3];
-    for (int i = 0; i < 3; ++i)
-      p[i] = fma(splat<vf16>(cam.R[i][2]), in.m[2], fma(splat<vf16>(cam.R[i][1]), in.m[1], cam.R[i][0] * in.m[0])) +
-             cam.t[i];
-    const vf16 zv = p[2];
-    const vi16 in_range = (zv > near_f) & (zv < far_f);
-    const vf16 zs = select(in_range, zv, splat<vf16>(1.0f));
-    const vf16 u = p[0] / zs, v = p[1] / zs;
-    const vf16 uc = smin(smax(u, splat<vf16>(-cam.lim_x_neg)), splat<vf16>(cam.lim_x_pos));
-    const vf16 vc = smin(smax(v, splat<vf16>(-cam.lim_y_neg)), splat<vf16>(cam.lim_y_pos));
-    const vf16 tx = zs * uc, ty = zs * vc, zz = zs * zs;
-    const vf16 J00 = cam.fx / zs, J02 = (-cam.fx * tx) / zz, J11 = cam.fy / zs, J12 = (-cam.fy * ty) / zz;
-    vf16 jw[2][3], T1[2][3];
-    for (int j = 0; j < 3; ++j) {
-      jw[0][j] = J00 * cam.R[0][j] + J02 * cam.R[2][j];
-      jw[1][j] = J11 * cam.R[1][j] + J12 * cam.R[2][j];
-    }
-    for (int i = 0; i < 2; ++i)
-      for (int j = 0; j < 3; ++j) T1[i][j] = (jw[i][0] * S[0][j] + jw[i][1] * S[1][j]) + jw[i][2] * S[2][j];
-    const vf16 cov00 = (T1[0][0] * jw[0][0] + T1[0][1] * jw[0][1]) + T1[0][2] * jw[0][2];
-    const vf16 cov01 = (T1[0][0] * jw[1][0] + T1[0][1] * jw[1][1]) + T1[0][2] * jw[1][2];
-    const vf16 cov11 = (T1[1][0] * jw[1][0] + T1[1][1] * jw[1][1]) + T1[1][2] * jw[1][2];
-    const vf16 a = cov00 + 0.3f, b = cov01, c = cov11 + 0.3f;
-    const vf16 det = a * c - b * b;
-    const vi16 valid = in_range & (det > 0.0f);
-    const vf16 ds = select(valid, det, splat<vf16>(1.0f));
-    const vf16 con0 = c / ds, con1 = -b / ds, con2 = a / ds;
-    // The gradient (project_backward's scalar loop).
+    // The projection, as project16 computes it (project_camera16).
+    const Proj16 o = project_camera16(cam, in, S, near_f, far_f);
+    const vf16 &zs = o.zs, &u = o.u, &v = o.v, &uc = o.uc, &vc = o.vc;
+    const vi16 &in_range = o.in_range, &valid = o.valid;
+    const vf16 &J00 = o.J00, &J02 = o.J02, &J11 = o.J11, &J12 = o.J12;
+    const vf16(&jw)[2][3] = o.jw;
+    const vf16(&T1)[2][3] = o.T1;
+    const vf16 &a = o.a, &b = o.b, &c = o.c, &ds = o.ds, &con0 = o.con0, &con1 = o.con1, &con2 = o.con2;
+    // The gradient, back through each step of the projection.
     vf16 g_a = gC / ds, g_b = -gB / ds, g_c = gA / ds;
     const vf16 g_det = -((gA * con0 + gB * con1) + gC * con2) / ds;
     g_a = select(valid, g_a + g_det * c, g_a);
