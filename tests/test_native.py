@@ -516,8 +516,8 @@ def test_override_level_and_its_errors(asked, ok):
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_without_depth_the_colours_alphas_and_gradients_are_the_same(backend):
-    # Training asks for no depth (one channel fewer to composite): everything else must be unchanged, bit for
-    # bit (the channels are composited independently), and a quaternion's norm must not matter.
+    # Training asks for no depth (one channel fewer to composite): everything else must be unchanged, and a
+    # quaternion's norm must not matter.
     s = random_scene(23, n=200, cameras=2)
     args = (s["viewmats"], s["Ks"], s["width"], s["height"])
     outs, grads = [], []
@@ -532,10 +532,13 @@ def test_without_depth_the_colours_alphas_and_gradients_are_the_same(backend):
         ((out.colors * g_img).sum() + out.alphas.sum()).backward()
         outs.append((out.colors.detach(), out.alphas.detach(), out.means2d.detach(), out.radii))
         grads.append([p.grad * (quat_scale if i == 1 else 1.0) for i, p in enumerate(params)])  # d/dq scales by 1/k
+    # The native kernels composite each channel on its own: bit for bit. The reference's einsum is a batched
+    # matmul whose blocking may differ with the channel count (CPU- and BLAS-dependent): within rounding there.
+    same = torch.equal if backend == "cpu" else (lambda a, b: torch.allclose(a.float(), b.float(), rtol=1e-6, atol=1e-7))
     for a, b in zip(outs[0], outs[1]):
-        assert torch.equal(a, b)
+        assert same(a, b)
     for a, b in zip(grads[0], grads[1]):
-        assert torch.equal(a, b)
+        assert same(a, b)
     for a, b in zip(outs[1], outs[2]):  # a quaternion of norm 3: the same rotation, within rounding
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-5)
     for a, b in zip(grads[1], grads[2]):
